@@ -1,0 +1,16 @@
+"""`ray job submit --working-dir . -- python jobs/pretrain.py --config configs/X.yaml [--root URI]`.
+
+A thin entrypoint: parses the arguments, runs the pretrain stage, exits non-zero on failure
+with the reason on the last line. Resubmitting resumes (the stage is idempotent).
+"""
+
+import os
+import sys
+
+# Under `ray job submit --working-dir .` the checkout is the cwd: make it importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pw_ray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

@@ -1,0 +1,103 @@
+"""``pw-ray``: the command line. Every subcommand validates the config before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from importlib.resources import files as pkg_files
+
+from pw_ray.config import ConfigError, load_config
+
+log = logging.getLogger("pw_ray")
+
+DEMO_CONFIG = str(pkg_files("pw_ray") / "data" / "demo.yaml")
+
+
+def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument("--config", required=config_required, default=None if config_required else DEMO_CONFIG,
+                   help="experiment YAML (path or URI)" + ("" if config_required else "; default: the demo config"))
+    p.add_argument("--root", help="override the config's storage root (path, s3://, gs://)")
+    p.add_argument("--force", action="store_true", help="rerun the stage even if it is marked done")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pw-ray", description=(
+        "Pretrain where? on Ray: plan, ingest, pretrain, evaluate, analyze and report the experiment "
+        "on how pretraining-data geography shapes geospatial foundation models."))
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run every stage on the embedded synthetic archive",
+                          description="Run the whole experiment on the embedded synthetic Sentinel-2 "
+                                      "archive under one folder (its storage root). Rerun to resume.")
+    demo.add_argument("--out", default="pw-ray-demo", help="folder for everything (default: ./pw-ray-demo)")
+    demo.add_argument("--config", default=DEMO_CONFIG, help="config to use instead of the demo's")
+    demo.add_argument("--force", action="store_true", help="rerun every stage")
+    demo.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    helps = {
+        "plan": "sample the points of every pretraining set and task → points/*.parquet",
+        "ingest": "search scenes, read chips, write shards → index/, shards/, manifest/",
+        "pretrain": "pretrain one SatMAE per set on Ray Train → runs/pretrain/<set>/",
+        "evaluate": "run (or resume) the evaluation grid on Ray Tune → results/results.parquet",
+        "analyze": "diversity measures and their correlation with performance → results/",
+        "report": "write report/index.html, report/README.md and figures",
+        "run": "all stages in order (each skips what is done)",
+        "validate": "check a config and print it with defaults filled in",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text)
+        _common(p)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pw_ray.runtime import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    overrides = {}
+    if args.command == "demo":
+        overrides["root"] = args.out
+    elif getattr(args, "root", None):
+        overrides["root"] = args.root
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"pw-ray: {err}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        from pw_ray.config import dump_config
+
+        print(dump_config(cfg))
+        return 0
+    from pw_ray import experiment as E
+    from pw_ray.runtime import ensure_ray
+
+    ensure_ray()
+    t0 = time.perf_counter()
+    try:
+        if args.command in ("demo", "run"):
+            path = E.run_all(cfg, force=args.force)
+            print(f"done in {time.perf_counter() - t0:.0f}s — report: {path}", flush=True)
+        elif args.command == "plan":
+            E.plan(cfg, args.force)
+        elif args.command == "ingest":
+            E.ingest(cfg, args.force)
+        elif args.command == "pretrain":
+            E.pretrain(cfg, args.force)
+        elif args.command == "evaluate":
+            E.evaluate(cfg, args.force)
+        elif args.command == "analyze":
+            E.analyze(cfg, args.force)
+        elif args.command == "report":
+            print(f"report: {E.report(cfg, args.force)}")
+    except Exception as err:
+        log.exception("%s failed", args.command)
+        print(f"pw-ray {args.command} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The experiment config: one YAML file → one validated, typed object.
+
+Everything is checked before any work starts; a bad value fails with a message that
+names the field (``pretrain_sets[2].region``) and what would be allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pw_ray import bands as B
+
+log = logging.getLogger(__name__)
+
+#: The six continents (Antarctica excluded) and the equal mix of them.
+CONTINENTS: tuple[str, ...] = ("af", "as", "eu", "na", "oc", "sa")
+GLOBAL = "global"
+REGIONS: tuple[str, ...] = CONTINENTS + (GLOBAL,)
+REGION_NAMES = {
+    "af": "Africa", "as": "Asia", "eu": "Europe", "na": "North America",
+    "oc": "Oceania", "sa": "South America", "global": "Global",
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_region(value: str) -> str:
+    if value not in REGIONS:
+        raise ValueError(f"unknown region {value!r}; allowed: {', '.join(REGIONS)}")
+    return value
+
+
+class PretrainSet(_Strict):
+    """A named sample of points: one continent, ``global`` or a weighted mix."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    region: str | dict[str, float]
+    size: int = Field(gt=0, description="number of chips")
+    seed: int = 0
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v):
+        if isinstance(v, str):
+            return _check_region(v)
+        if not v:
+            raise ValueError("a region mix needs at least one continent")
+        for k, w in v.items():
+            if k not in CONTINENTS:
+                raise ValueError(f"unknown region {k!r} in mix; allowed: {', '.join(CONTINENTS)}")
+            if w < 0:
+                raise ValueError(f"weight of {k!r} must be ≥ 0, got {w}")
+        if sum(v.values()) <= 0:
+            raise ValueError("region mix weights must sum to > 0")
+        return v
+
+    def weights(self) -> dict[str, float]:
+        """Normalised continent weights of this set."""
+        if isinstance(self.region, dict):
+            total = sum(self.region.values())
+            return {k: w / total for k, w in self.region.items() if w > 0}
+        if self.region == GLOBAL:
+            return {c: 1 / len(CONTINENTS) for c in CONTINENTS}
+        return {self.region: 1.0}
+
+
+class SyntheticArchive(_Strict):
+    """The embedded Sentinel-2 L2A-like archive (see ``pw_ray.synthetic``)."""
+
+    seed: int = 0
+    scenes_per_region: int = Field(3, gt=0)
+    scene_px: int = Field(480, ge=96, description="scene side at 10 m, pixels (multiple of 6)")
+    cloudy_fraction: float = Field(0.3, ge=0, le=1, description="share of scenes with clouds")
+
+    @field_validator("scene_px")
+    @classmethod
+    def _px(cls, v):
+        if v % 6:
+            raise ValueError(f"scene_px must be a multiple of 6 (10/20/60 m grids align), got {v}")
+        return v
+
+
+class StacSource(_Strict):
+    """Where scenes come from: the synthetic archive, a STAC API, or a static catalog."""
+
+    kind: Literal["synthetic", "api", "static"] = "synthetic"
+    url: str | None = Field(None, description="STAC API URL (api) or catalog/ItemCollection path (static)")
+    catalog: Literal["planetary-computer", "earth-search", "generic"] = "planetary-computer"
+    collection: str = "sentinel-2-l2a"
+    datetime: str = "2023-01-01/2023-12-31"
+    max_cloud_cover: float = Field(20.0, ge=0, le=100, description="eo:cloud_cover limit, percent")
+    max_items: int = Field(5, gt=0, description="scenes considered per point")
+    synthetic: SyntheticArchive = SyntheticArchive()
+    # HTTP behaviour
+    retries: int = Field(5, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url(self):
+        if self.kind != "synthetic" and not self.url:
+            raise ValueError(f"stac.url is required when stac.kind is {self.kind!r}")
+        return self
+
+
+class ChipSpec(_Strict):
+    bands: list[str] = Field(default_factory=lambda: list(B.SATMAE_BANDS))
+    size_px: int = Field(96, gt=0)
+    resolution_m: float = Field(10.0, gt=0)
+    max_cloud_fraction: float = Field(0.2, ge=0, le=1)
+    max_nodata_fraction: float = Field(0.05, ge=0, le=1)
+    resampling: Literal["bilinear", "nearest", "cubic", "average"] = "bilinear"
+    chunk_size: int = Field(256, gt=0, description="chips per Parquet file / tar")
+    webdataset: bool = True
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v):
+        out = [B.canonical(b) for b in v]
+        if B.SCL in out:
+            raise ValueError("SCL is read for masks, not as a model band; remove it from chips.bands")
+        if len(set(out)) != len(out):
+            raise ValueError(f"duplicate bands in {v}")
+        return out
+
+
+class ModelSpec(_Strict):
+    preset: Literal["tiny", "small", "base", "large"] = "tiny"
+    patch_size: int = Field(8, gt=0)
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    groups: list[list[str]] = Field(default_factory=lambda: [list(g) for g in B.SATMAE_GROUPS])
+    norm_pix_loss: bool = False
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v):
+        return [[B.canonical(b) for b in g] for g in v]
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, gt=0, description="per worker")
+    accum_steps: int = Field(1, gt=0)
+    blr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    grad_clip: float | None = None
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every: int = Field(10, gt=0)
+    max_failures: int = Field(3, ge=-1)
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    kind: Literal["synthetic-landcover", "synthetic-population", "points", "fmow", "geobench"]
+    path: str | None = None
+    size: int = Field(400, gt=0, description="labelled chips (synthetic and points)")
+    seed: int = 0
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+
+    @property
+    def task_type(self) -> str:
+        return "regression" if self.kind == "synthetic-population" else "classification"
+
+
+class EvalSpec(_Strict):
+    methods: list[Literal["knn", "linear", "finetune"]] = Field(default_factory=lambda: ["knn", "linear"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    task_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
+    knn_k: int = Field(10, gt=0)
+    min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
+    include_zero: bool = True
+    finetune_epochs: int = Field(2, gt=0)
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_probe: float = Field(0, ge=0)
+    gpus_per_finetune: float = Field(0, ge=0)
+    max_concurrent: int = Field(2, gt=0)
+
+    @field_validator("task_regions")
+    @classmethod
+    def _regions(cls, v):
+        return [_check_region(r) for r in v]
+
+
+class AnalysisSpec(_Strict):
+    spectral_bins: int = Field(16, gt=1)
+    spectral_clusters: int = Field(32, gt=1)
+    bootstrap: int = Field(1000, ge=0)
+    external_sets: str | None = None
+
+
+class ExperimentConfig(_Strict):
+    name: str = "pretrain-where"
+    root: str = Field(description="storage root URI: local path, s3://, gs://")
+    pretrain_sets: list[PretrainSet]
+    stac: StacSource = StacSource()
+    chips: ChipSpec = ChipSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    evaluation: EvalSpec = EvalSpec()
+    analysis: AnalysisSpec = AnalysisSpec()
+
+    @model_validator(mode="after")
+    def _cross(self):
+        names = [s.name for s in self.pretrain_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pretrain_sets names must be unique, got {names}")
+        if "zero" in names:
+            raise ValueError("'zero' is reserved for the random-encoder baseline")
+        grouped = [b for g in self.model.groups for b in g]
+        missing = [b for b in grouped if b not in self.chips.bands]
+        if missing:
+            raise ValueError(f"model.groups use bands not in chips.bands: {missing}")
+        if self.chips.size_px % self.model.patch_size:
+            raise ValueError(
+                f"chips.size_px ({self.chips.size_px}) must be a multiple of model.patch_size ({self.model.patch_size})"
+            )
+        tnames = [t.name for t in self.tasks]
+        if len(set(tnames)) != len(tnames):
+            raise ValueError(f"task names must be unique, got {tnames}")
+        return self
+
+    def pretrain_set(self, name: str) -> PretrainSet:
+        for s in self.pretrain_sets:
+            if s.name == name:
+                return s
+        raise KeyError(f"no pretraining set {name!r}; known: {[s.name for s in self.pretrain_sets]}")
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ""
+        for part in e["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        lines.append(f"  {loc or '<config>'}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Validate a config mapping; ``overrides`` (e.g. ``{"root": …}``) replace top-level keys."""
+    data = dict(data or {})
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(uri: str | Path, overrides: dict[str, Any] | None = None,
+                check_root: bool = True) -> ExperimentConfig:
+    """Load YAML from a path or URI, validate it and (by default) check the root is writable."""
+    from pw_ray import storage
+
+    try:
+        text = storage.read_text(str(uri))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {uri}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {uri} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {uri} must be a mapping at the top level")
+    cfg = parse_config(data, overrides)
+    if check_root:
+        storage.check_writable(cfg.root)
+    return cfg
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

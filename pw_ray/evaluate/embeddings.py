@@ -1,0 +1,80 @@
+"""Frozen-encoder embeddings, computed once per (checkpoint, task) and cached on storage.
+
+``runs/embeddings/<set>/<task>.parquet``: ``chip_id`` and ``embedding`` (list<float32>, the
+mean of the encoder's patch tokens after its final norm, on chips normalised exactly as in
+pretraining). kNN and linear-probe cells read these instead of running the encoder again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from pw_ray import storage
+from pw_ray.ingest import shards as S
+
+log = logging.getLogger(__name__)
+
+
+def embeddings_uri(root: str, set_name: str, task: str) -> str:
+    return storage.join(root, "runs", "embeddings", set_name, f"{task}.parquet")
+
+
+def normalised(pixels: np.ndarray, mean, std):
+    """uint16 (N, C, H, W) → float32 tensor in [0, 1] with the pretraining normalisation."""
+    import torch
+
+    from pw_ray.pretrain.transforms import normalize
+
+    return normalize(torch.from_numpy(pixels.astype(np.float32)), mean, std)
+
+
+def embed_pixels(encoder, pixels: np.ndarray, mean, std, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """Embeddings (N, D) float32 of uint16 chips (N, C, H, W)."""
+    import torch
+
+    encoder = encoder.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(pixels), batch_size):
+            x = normalised(pixels[i:i + batch_size], mean, std).to(device)
+            out.append(encoder.embed(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def compute_embeddings(root: str, set_name: str, task: str, batch_size: int = 64) -> str:
+    """Embed every chip of a task with one set's encoder; skip when cached. Returns the URI."""
+    import torch
+
+    from pw_ray.pretrain.trainer import load_encoder
+
+    uri = embeddings_uri(root, set_name, task)
+    if storage.exists(uri):
+        return uri
+    encoder, conf = load_encoder(root, set_name)
+    table = S.read_set(root, task, columns=["chip_id", "pixels"])
+    bands = S.shard_bands(table)
+    if bands != conf["bands"]:
+        raise ValueError(f"task {task} chips have bands {bands}, encoder {set_name} expects {conf['bands']}")
+    pixels = S.read_pixels(table)
+    mean = torch.tensor(conf["mean"], dtype=torch.float32)
+    std = torch.tensor(conf["std"], dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    emb = embed_pixels(encoder, pixels, mean, std, batch_size, device)
+    out = pa.table({
+        "chip_id": table.column("chip_id"),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]),
+    })
+    storage.write_table(out, uri)
+    log.info("embedded %d chips of %s with %s → %s", len(emb), task, set_name, uri)
+    return uri
+
+
+def read_embeddings(root: str, set_name: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(chip_ids (N,), embeddings (N, D) float32) from the cache."""
+    t = storage.read_table(embeddings_uri(root, set_name, task))
+    col = t.column("embedding").combine_chunks()
+    emb = col.values.to_numpy(zero_copy_only=False).reshape(len(t), -1)
+    return t.column("chip_id").to_numpy(zero_copy_only=False), emb

@@ -1,0 +1,205 @@
+"""The evaluation grid on Ray Tune: one trial per cell, resumable, never running a cell twice.
+
+A cell is (pretraining set, task, task region, method, seed). Each trial:
+
+1. returns the stored result when ``runs/cells/<cell>.json`` exists (a restored or resubmitted
+   grid never recomputes a finished cell, whatever Tune's own state says);
+2. otherwise records its start (``runs/cell_starts/<cell>/<uuid>``, for auditing reruns),
+   evaluates the cell and writes the result JSON atomically before reporting it.
+
+``pw-ray evaluate`` restores the Tune experiment in ``runs/grid`` when it exists
+(``Tuner.restore(..., resume_errored=True)``) and otherwise starts it; afterwards all cell
+results are gathered into ``results/results.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pw_ray import storage
+from pw_ray.config import ExperimentConfig
+from pw_ray.evaluate import tasks as T
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ["pretrain_set", "task", "task_type", "task_region", "method", "seed", "status", "score",
+                  "accuracy", "macro_f1", "r2", "n_train", "n_test", "wall_s", "checkpoint", "reason"]
+
+
+def cell_id(cell: dict) -> str:
+    return f"{cell['pretrain_set']}__{cell['task']}__{cell['task_region']}__{cell['method']}__s{cell['seed']}"
+
+
+def cell_uri(root: str, cell: dict) -> str:
+    return storage.join(root, "runs", "cells", cell_id(cell) + ".json")
+
+
+def grid_cells(cfg: ExperimentConfig) -> list[dict]:
+    sets = [s.name for s in cfg.pretrain_sets] + (["zero"] if cfg.evaluation.include_zero else [])
+    return [
+        {"pretrain_set": s, "task": t.name, "task_type": t.task_type, "task_region": r, "method": m, "seed": seed}
+        for s in sets for t in cfg.tasks for r in cfg.evaluation.task_regions
+        for m in cfg.evaluation.methods for seed in cfg.evaluation.seeds
+    ]
+
+
+def _split(table: pd.DataFrame, ids: np.ndarray, emb: np.ndarray, name: str):
+    pos = {c: i for i, c in enumerate(ids)}
+    part = table[table["split"] == name]
+    return emb[[pos[c] for c in part["chip_id"]]], part["label"].to_numpy()
+
+
+def evaluate_cell(root: str, cell: dict, eval_cfg: dict) -> dict:
+    """Evaluate one cell (plain Python; Ray-free). Returns a result row."""
+    from pw_ray.evaluate import methods as M
+    from pw_ray.evaluate.embeddings import read_embeddings
+
+    t0 = time.perf_counter()
+    row = {k: cell[k] for k in ("pretrain_set", "task", "task_type", "task_region", "method", "seed")}
+    row.update(status="ok", reason="", score=np.nan, accuracy=np.nan, macro_f1=np.nan, r2=np.nan,
+               checkpoint=storage.join(root, "runs", "pretrain", cell["pretrain_set"], "export"))
+    table = T.region_subset(T.read_task(root, cell["task"]), cell["task_region"])
+    n_train = int((table["split"] == "train").sum())
+    n_test = int((table["split"] == "test").sum())
+    row.update(n_train=n_train, n_test=n_test)
+    if len(table) < eval_cfg["min_subset"] or n_test == 0 or n_train < 2:
+        row.update(status="skipped", reason=f"subset has {len(table)} chips (< {eval_cfg['min_subset']}) "
+                                            f"or an empty split", wall_s=time.perf_counter() - t0)
+        return row
+    task_type = cell["task_type"]
+    if task_type == "regression":
+        table = table.assign(label=table["label"].astype(np.float64))
+    if cell["method"] in ("knn", "linear"):
+        ids, emb = read_embeddings(root, cell["pretrain_set"], cell["task"])
+        xtr, ytr = _split(table, ids, emb, "train")
+        xva, yva = _split(table, ids, emb, "val")
+        xte, yte = _split(table, ids, emb, "test")
+        if cell["method"] == "knn":
+            pred = M.knn(xtr, ytr, xte, eval_cfg["knn_k"], task_type)
+        else:
+            pred, _ = M.linear_probe(xtr, ytr, xva, yva, xte, task_type, seed=cell["seed"])
+    else:
+        pred, yte = _finetune_cell(root, cell, table, eval_cfg)
+    row.update(M.metrics(yte, pred, task_type))
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+def _finetune_cell(root: str, cell: dict, table: pd.DataFrame, eval_cfg: dict):
+    import torch
+
+    from pw_ray.evaluate import methods as M
+    from pw_ray.evaluate.embeddings import normalised
+    from pw_ray.ingest import shards as S
+    from pw_ray.pretrain.trainer import load_encoder
+
+    encoder, conf = load_encoder(root, cell["pretrain_set"])
+    chips = S.read_set(root, cell["task"], columns=["chip_id", "pixels"])
+    pos = {c: i for i, c in enumerate(chips.column("chip_id").to_pylist())}
+    pixels = S.read_pixels(chips)
+    mean = torch.tensor(conf["mean"]), torch.tensor(conf["std"])
+
+    def part(name):
+        p = table[table["split"] == name]
+        return normalised(pixels[[pos[c] for c in p["chip_id"]]], *mean), p["label"].to_numpy()
+
+    (xtr, ytr), (xva, yva), (xte, yte) = part("train"), part("val"), part("test")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n_classes = len(np.unique(table["label"])) if cell["task_type"] == "classification" else None
+    pred = M.finetune(encoder, xtr, ytr, xva, yva, xte, cell["task_type"], n_classes,
+                      epochs=eval_cfg["finetune_epochs"], device=device, seed=cell["seed"],
+                      autocast_dtype=torch.bfloat16 if device == "cuda" else None)
+    return pred, yte
+
+
+def run_cell_trial(config: dict) -> None:
+    """The Tune trainable: skip finished cells, else evaluate and store before reporting."""
+    from ray import tune
+
+    root, cell = config["root"], config["cell"]
+    uri = cell_uri(root, cell)
+    if storage.exists(uri):
+        row = json.loads(storage.read_text(uri))
+        tune.report({"score": _finite(row["score"]), "reused": True})
+        return
+    storage.write_text(storage.join(root, "runs", "cell_starts", cell_id(cell), uuid.uuid4().hex), str(os.getpid()))
+    row = evaluate_cell(root, cell, config["eval"])
+    storage.write_text(uri, json.dumps(row, default=_json_default))
+    tune.report({"score": _finite(row["score"]), "reused": False})
+
+
+def _finite(v) -> float:
+    v = float(v)
+    return v if np.isfinite(v) else -1.0
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(type(o))
+
+
+def _resources(eval_cfg: dict):
+    def fn(config: dict) -> dict:
+        method = config["cell"]["method"]
+        gpu = eval_cfg["gpus_per_finetune"] if method == "finetune" else eval_cfg["gpus_per_probe"]
+        res = {"cpu": eval_cfg["cpus_per_trial"]}
+        if gpu:
+            res["gpu"] = gpu
+        return res
+    return fn
+
+
+def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> None:
+    """Run (or resume) the Tune experiment over the cells not finished yet."""
+    from ray import tune
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # see RAY_NOTES: lose at most 1 s of state
+    todo = [c for c in cells if not storage.exists(cell_uri(cfg.root, c))]
+    if not todo:
+        log.info("evaluate: all %d cells finished, nothing to run", len(cells))
+        return
+    eval_cfg = cfg.evaluation.model_dump()
+    storage_path = storage.resolve(storage.join(cfg.root, "runs"))
+    path = storage.join(storage_path, "grid")
+    trainable = tune.with_resources(run_cell_trial, _resources(eval_cfg))
+    if tune.Tuner.can_restore(path):
+        log.info("evaluate: restoring the grid at %s (%d of %d cells left)", path, len(todo), len(cells))
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
+    else:
+        log.info("evaluate: starting a grid of %d cells (%d left)", len(cells), len(todo))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"root": storage.resolve(cfg.root), "eval": eval_cfg, "cell": tune.grid_search(cells)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.evaluation.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name="grid", storage_path=storage_path, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=2)),
+        )
+    tuner.fit()
+
+
+def collect_results(cfg: ExperimentConfig, cells: list[dict]) -> pd.DataFrame:
+    rows, missing = [], []
+    for c in cells:
+        uri = cell_uri(cfg.root, c)
+        if storage.exists(uri):
+            rows.append(json.loads(storage.read_text(uri)))
+        else:
+            missing.append(cell_id(c))
+    if missing:
+        raise RuntimeError(f"{len(missing)} cells have no result (first: {missing[:3]}); rerun `pw-ray evaluate`")
+    df = pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS)
+    df = df.sort_values(["pretrain_set", "task", "task_region", "method", "seed"]).reset_index(drop=True)
+    storage.write_table(pa.Table.from_pandas(df, preserve_index=False),
+                        storage.join(cfg.root, "results", "results.parquet"))
+    return df

@@ -1,0 +1,329 @@
+"""The five stages of one experiment, composed from the library; each is idempotent.
+
+``plan → ingest → pretrain → evaluate → analyze → report``. Every stage reads and writes under
+``cfg.root``; rerunning a stage skips the work whose outputs exist and finishes the rest.
+A finished stage leaves ``_stages/<stage>.json`` (with the config digest), so a rerun of the
+whole pipeline says what it skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pw_ray import storage
+from pw_ray.config import ExperimentConfig, dump_config
+
+log = logging.getLogger("pw_ray")
+
+STAGES = ("plan", "ingest", "pretrain", "evaluate", "analyze", "report")
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+def _digest(cfg: ExperimentConfig) -> str:
+    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+
+
+def _marker(cfg: ExperimentConfig, stage: str) -> str:
+    return storage.join(cfg.root, "_stages", f"{stage}.json")
+
+
+def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
+    uri = _marker(cfg, stage)
+    if not storage.exists(uri):
+        return False
+    return json.loads(storage.read_text(uri)).get("config") == _digest(cfg)
+
+
+def _mark(cfg: ExperimentConfig, stage: str, t0: float, **info) -> None:
+    storage.write_text(_marker(cfg, stage), json.dumps(
+        {"stage": stage, "config": _digest(cfg), "seconds": round(time.perf_counter() - t0, 1), **info}))
+
+
+def _skip(cfg: ExperimentConfig, stage: str, force: bool) -> bool:
+    if not force and stage_done(cfg, stage):
+        info = json.loads(storage.read_text(_marker(cfg, stage)))
+        log.info("%s: already done for this config (took %ss) — skipping; --force reruns it", stage, info["seconds"])
+        return True
+    return False
+
+
+# ----------------------------------------------------------------------------- the source
+@dataclass
+class Source:
+    searcher: object
+    adapter: object
+    coverage: dict | None
+    biome_path: str | None
+    landcover_hrefs: dict[str, str]
+    lc_codes: list[int]
+    lc_names: list[str]
+
+
+def source(cfg: ExperimentConfig) -> Source:
+    """Searcher, catalog adapter and auxiliary layers for the config's ``stac`` section."""
+    from pw_ray.ingest.catalogs import adapter_for
+    from pw_ray.ingest.search import searcher_for
+
+    if cfg.stac.kind != "synthetic":
+        return Source(searcher_for(cfg.stac), adapter_for(cfg.stac.catalog), None, None, {}, [], [])
+    from shapely.geometry import shape
+
+    from pw_ray import synthetic
+    from pw_ray.regions import regions_of
+
+    archive_dir = storage.to_local_dir(storage.join(cfg.root, "archive"))
+    info = synthetic.build_archive(archive_dir, cfg.stac.synthetic, progress=True)
+    items = synthetic.load_items(info)
+    coverage: dict[str, list] = {}
+    for it in items:
+        geom = shape(it["geometry"])
+        # Shrink by ~half a chip so chips centred on sampled points stay inside the scene.
+        inner = geom.buffer(-0.01)
+        c = geom.centroid
+        region = regions_of(np.array([c.x]), np.array([c.y]))[0]
+        if region and not inner.is_empty:
+            coverage.setdefault(region, []).append(inner)
+    lc_items = [json.loads(line) for line in Path(info.landcover_items_path).read_text().splitlines() if line.strip()]
+    by_bbox = {tuple(np.round(it["bbox"], 5)): it["assets"]["map"]["href"] for it in lc_items}
+    lc_hrefs = {it["id"]: by_bbox[k] for it in items if (k := tuple(np.round(it["bbox"], 5))) in by_bbox}
+    names = list(synthetic.LANDCOVER_CLASSES)
+    codes = [synthetic.WORLDCOVER_CODES[n] for n in names]
+    searcher = searcher_for(cfg.stac, archive_items_uri=str(info.items_path))
+    return Source(searcher, adapter_for(cfg.stac.catalog), coverage, str(info.biomes_path), lc_hrefs, codes, names)
+
+
+def _landcover_at(src: Source):
+    """A (lons, lats) → class-name callable reading the synthetic land-cover layer at points."""
+    if not src.landcover_hrefs:
+        return None
+    import rasterio
+    from rasterio.warp import transform as warp
+
+    code_to_name = dict(zip(src.lc_codes, src.lc_names))
+    hrefs = sorted(set(src.landcover_hrefs.values()))
+
+    def at(lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
+        out = np.full(len(lons), None, dtype=object)
+        for href in hrefs:
+            with rasterio.open(href) as ds:
+                xs, ys = warp("EPSG:4326", ds.crs, list(lons), list(lats))
+                rows, cols = rasterio.transform.rowcol(ds.transform, xs, ys)
+                rows, cols = np.asarray(rows), np.asarray(cols)
+                inside = (rows >= 0) & (rows < ds.height) & (cols >= 0) & (cols < ds.width) & (out == None)  # noqa: E711
+                if inside.any():
+                    band = ds.read(1)
+                    for i in np.flatnonzero(inside):
+                        out[i] = code_to_name.get(int(band[rows[i], cols[i]]))
+        return out
+
+    return at
+
+
+# ----------------------------------------------------------------------------- stages
+def _point_sets(cfg: ExperimentConfig):
+    """(name, kind, spec) for every set of points to ingest: pretraining sets, then tasks."""
+    out = [(s.name, "pretrain", s) for s in cfg.pretrain_sets]
+    out += [(t.name, "task", t) for t in cfg.tasks]
+    return out
+
+
+def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+    from pw_ray.config import PretrainSet
+    from pw_ray.evaluate.tasks import points_from_csv
+    from pw_ray.plan import label_points, plan_set
+
+    if _skip(cfg, "plan", force):
+        return
+    t0 = time.perf_counter()
+    src = src or source(cfg)
+    lc = _landcover_at(src)
+    for name, kind, spec in _point_sets(cfg):
+        uri = storage.join(cfg.root, "points", f"{name}.parquet")
+        if storage.exists(uri) and not force:
+            log.info("plan %s: points exist, keeping them", name)
+            continue
+        if kind == "pretrain":
+            pts = plan_set(spec, src.coverage, biome_path=src.biome_path, landcover=lc)
+        elif spec.kind in ("synthetic-landcover", "synthetic-population"):
+            # A task's points: an equal mix of the six continents, its own seed.
+            pset = PretrainSet(name=name, region="global", size=spec.size, seed=spec.seed + 10_000)
+            pts = plan_set(pset, src.coverage, biome_path=src.biome_path, landcover=lc)
+        elif spec.kind == "points":
+            pts = label_points(points_from_csv(spec.path, name, spec.seed), src.biome_path, lc)
+        else:
+            raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {name})")
+        storage.write_table(pa.Table.from_pandas(pts, preserve_index=False), uri)
+        log.info("plan %s: %d points → %s", name, len(pts), uri)
+    _mark(cfg, "plan", t0)
+
+
+def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+    from pw_ray.evaluate import tasks as T
+    from pw_ray.ingest import shards as S
+    from pw_ray.ingest.pipeline import run_ingest
+
+    if _skip(cfg, "ingest", force):
+        return
+    t0 = time.perf_counter()
+    src = src or source(cfg)
+    summaries = {}
+    for name, kind, spec in _point_sets(cfg):
+        pts = storage.read_table(storage.join(cfg.root, "points", f"{name}.parquet")).to_pandas()
+        s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover_hrefs,
+                       src.lc_codes, src.lc_names)
+        summaries[name] = s.__dict__
+        print(f"ingest {s.line()}", flush=True)
+        if kind == "task":
+            meta = S.read_set(cfg.root, name, columns=[c for c in S.META_COLUMNS]).to_pandas()
+            T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names))
+    _mark(cfg, "ingest", t0, summaries=summaries)
+
+
+def pretrain(cfg: ExperimentConfig, force: bool = False) -> None:
+    from pw_ray.pretrain.trainer import export_zero, pretrain_set
+
+    if _skip(cfg, "pretrain", force):
+        return
+    t0 = time.perf_counter()
+    out = {}
+    for s in cfg.pretrain_sets:
+        out[s.name] = pretrain_set(cfg, s.name)
+        print(f"pretrain {s.name}: {out[s.name].get('steps')} steps", flush=True)
+    if cfg.evaluation.include_zero:
+        out["zero"] = export_zero(cfg)
+    _mark(cfg, "pretrain", t0, runs=out)
+
+
+def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
+    import ray
+
+    from pw_ray.evaluate.embeddings import compute_embeddings
+    from pw_ray.evaluate.grid import collect_results, grid_cells, run_grid
+
+    if _skip(cfg, "evaluate", force):
+        return storage.read_table(storage.join(cfg.root, "results", "results.parquet")).to_pandas()
+    t0 = time.perf_counter()
+    cells = grid_cells(cfg)
+    sets = sorted({c["pretrain_set"] for c in cells})
+    needs = [(s, t.name) for s in sets for t in cfg.tasks
+             if any(m in ("knn", "linear") for m in cfg.evaluation.methods)]
+    gpu = cfg.evaluation.gpus_per_probe
+    embed = ray.remote(num_cpus=1, num_gpus=gpu)(compute_embeddings)
+    refs = [embed.remote(cfg.root, s, t) for s, t in needs]
+    log.info("evaluate: embeddings for %d (encoder, task) pairs (cached ones are reused)", len(refs))
+    ray.get(refs)
+    run_grid(cfg, cells)
+    df = collect_results(cfg, cells)
+    ok = df[df["status"] == "ok"]
+    print(f"evaluate: {len(ok)} cells scored, {len(df) - len(ok)} skipped (subset too small)", flush=True)
+    _mark(cfg, "evaluate", t0, cells=len(df))
+    return df
+
+
+def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
+    import ray
+
+    from pw_ray.analyze import diversity as D
+    from pw_ray.analyze import stats as ST
+    from pw_ray.ingest import shards as S
+
+    if _skip(cfg, "analyze", force):
+        return
+    t0 = time.perf_counter()
+    a = cfg.analysis
+    # A shared spectral codebook, learnt from a fixed sample of every set's first shard.
+    sample = []
+    for s in cfg.pretrain_sets:
+        files = S.shard_files(cfg.root, s.name)
+        if files:
+            t = storage.read_table(files[0])
+            sample.append(D.sample_pixels(S.read_pixels(t)[:32], per_chip=64, seed=0))
+    codebook = D.fit_codebook(np.concatenate(sample), a.spectral_clusters, seed=0) if sample else None
+    rows = []
+    for s in cfg.pretrain_sets:
+        acc = D.DiversityAccumulator(a.spectral_bins, codebook)
+        files = S.shard_files(cfg.root, s.name)
+        shape = json.loads(storage.read_table(files[0]).schema.metadata[b"pw_ray.shape"])
+        fs, _ = storage.filesystem(files[0])
+        ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs,
+                                   columns=["pixels", "region", "biome", "landcover"])
+        for batch in ds.iter_batches(batch_size=128, batch_format="pyarrow"):  # streams: never the whole set
+            col = batch.column("pixels").combine_chunks()
+            px = col.values.to_numpy(zero_copy_only=False).reshape(len(batch), *shape)
+            acc.update(px, batch.column("region").to_pylist(), batch.column("biome").to_pylist(),
+                       batch.column("landcover").to_pylist())
+        rows.append({"pretrain_set": s.name, **acc.result()})
+    div = pd.DataFrame(rows)
+    storage.write_table(pa.Table.from_pandas(div, preserve_index=False),
+                        storage.join(cfg.root, "results", "diversity.parquet"))
+    results = storage.read_table(storage.join(cfg.root, "results", "results.parquet")).to_pandas()
+    ok = results[results["status"] == "ok"]
+    method = "linear" if "linear" in set(ok["method"]) else str(ok["method"].iloc[0])
+    table = ST.main_table(ok, method=method, task_region="global")
+    perf = table.set_index("pretrain_set")["mean_performance"]
+    corr = ST.diversity_correlations(div, perf, n_boot=a.bootstrap, seed=0)
+    storage.write_table(pa.Table.from_pandas(corr, preserve_index=False),
+                        storage.join(cfg.root, "results", "correlations.parquet"))
+    for r in corr.itertuples(index=False):
+        print(f"analyze: {r.measure:>28s}  Spearman ρ = {r.spearman_rho:+.2f} "
+              f"[{r.spearman_ci_low:+.2f}, {r.spearman_ci_high:+.2f}]", flush=True)
+    _mark(cfg, "analyze", t0)
+
+
+def report(cfg: ExperimentConfig, force: bool = False) -> str:
+    from pw_ray.analyze.report import write_report
+    from pw_ray.ingest import shards as S
+
+    out = storage.join(cfg.root, "report")
+    if _skip(cfg, "report", force):
+        return storage.join(out, "index.html")
+    t0 = time.perf_counter()
+    res = lambda name: storage.read_table(storage.join(cfg.root, "results", name)).to_pandas()  # noqa: E731
+    points = pd.concat([storage.read_table(storage.join(cfg.root, "points", f"{s.name}.parquet")).to_pandas()
+                        for s in cfg.pretrain_sets])
+    chips_by_set, counts = {}, []
+    rgb = [cfg.chips.bands.index(b) for b in ("B04", "B03", "B02") if b in cfg.chips.bands]
+    for s in cfg.pretrain_sets:
+        files = S.shard_files(cfg.root, s.name)
+        if files and len(rgb) == 3:
+            chips_by_set[s.name] = S.read_pixels(storage.read_table(files[0]))[:6][:, rgb]
+        m = storage.read_table(storage.join(cfg.root, "manifest", f"{s.name}.parquet")).to_pandas()
+        c = m["status"].value_counts()
+        counts.append({"pretrain_set": s.name, **{k: int(c.get(k, 0)) for k in ("ok", "skipped", "failed")}})
+    from importlib.resources import files as pkg_files
+
+    local_out = storage.to_local_dir(out)  # report rendering needs a local folder
+    path = write_report(
+        local_out, results=res("results.parquet"), diversity=res("diversity.parquet"),
+        correlations=res("correlations.parquet"), points=points, chips_by_set=chips_by_set,
+        manifest_counts=pd.DataFrame(counts).set_index("pretrain_set"),
+        continents_path=str(pkg_files("pw_ray") / "data" / "continents.geojson"),
+        title=f"Pretrain where? — {cfg.name}",
+    )
+    _mark(cfg, "report", t0)
+    return str(path)
+
+
+def run_all(cfg: ExperimentConfig, force: bool = False, stop_after: str | None = None) -> str | None:
+    storage.makedirs(cfg.root)
+    storage.write_text(storage.join(cfg.root, "config.yaml"), dump_config(cfg))
+    src = None
+    if not (stage_done(cfg, "plan") and stage_done(cfg, "ingest")) or force:
+        src = source(cfg)
+    plan(cfg, force, src)
+    ingest(cfg, force, src)
+    if stop_after == "ingest":
+        return None
+    pretrain(cfg, force)
+    evaluate(cfg, force)
+    analyze(cfg, force)
+    return report(cfg, force)

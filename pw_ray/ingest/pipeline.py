@@ -1,0 +1,223 @@
+"""The ingest stage on Ray Data: points → chip index → chips grouped by scene → shards.
+
+1. **Index** (``index/<set>.parquet``): per point, search scenes (best cloud first), compute the
+   chip window in the scene's 10 m grid, read the SCL window and keep the first scene whose chip
+   passes the cloud and no-data limits. Points with no usable scene are recorded as skipped with
+   the reason; errors as failed. Items go to ``index/<set>-items.parquet`` (no signed URLs).
+2. **Chunks**: kept chips are sorted by (region, scene, window) and cut into chunks of
+   ``chips.chunk_size``; a chunk's chips come from few scenes, so each scene is opened once.
+3. **Shards**: one Ray task per chunk reads its scenes and writes
+   ``shards/<set>/region=<r>/<set>-<r>-<chunk>.parquet`` (+ a WebDataset tar) atomically,
+   skipping chunks whose files exist: a rerun finishes what is missing and never duplicates.
+4. **Manifest** (``manifest/<set>.parquet``): one row per point, ``ok`` | ``skipped`` | ``failed``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pw_ray import storage
+from pw_ray.config import ChipSpec
+from pw_ray.ingest import chips as C
+from pw_ray.ingest import shards as S
+from pw_ray.ingest.catalogs import CatalogAdapter, baseline_of
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = [
+    "point_id", "set", "lon", "lat", "region", "biome", "landcover", "status", "reason", "item_id",
+    "collection", "datetime", "epsg", "row_off", "col_off", "cloud_fraction", "nodata_fraction",
+    "baseline",
+]
+
+
+@dataclass
+class IngestSummary:
+    set_name: str
+    points: int
+    ok: int
+    skipped: int
+    failed: int
+    chunks_written: int
+    chunks_reused: int
+
+    def line(self) -> str:
+        return (f"{self.set_name}: {self.ok}/{self.points} chips ok, {self.skipped} skipped, "
+                f"{self.failed} failed; {self.chunks_written} chunks written, {self.chunks_reused} reused")
+
+
+def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec) -> pd.DataFrame:
+    """Choose a scene and a chip window for each point (pure function of its inputs)."""
+    rows, items = [], {}
+    for p in points.itertuples(index=False):
+        row = {c: getattr(p, c, None) for c in ("point_id", "set", "lon", "lat", "region", "biome", "landcover")}
+        row.update(status="skipped", reason="no scene", item_id=None)
+        try:
+            cands = searcher.candidates(float(p.lon), float(p.lat))
+            reasons = []
+            with C.gdal_env():
+                for item in cands:
+                    grid = C.scene_grid(item, adapter, spec.resolution_m)
+                    win = C.chip_window(grid, float(p.lon), float(p.lat), spec.size_px)
+                    if win is None:
+                        reasons.append(f"{item['id']}: point outside scene grid")
+                        continue
+                    scl = C.read_scl(item, adapter, [win], spec.size_px, spec.resolution_m)
+                    cloud = float(np.isin(scl, C.B.SCL_CLOUDY).mean())
+                    nodata = float((scl == C.B.SCL_NODATA).mean())
+                    if cloud > spec.max_cloud_fraction:
+                        reasons.append(f"cloud {cloud:.2f} > {spec.max_cloud_fraction}")
+                        continue
+                    if nodata > spec.max_nodata_fraction:
+                        reasons.append(f"nodata {nodata:.2f} > {spec.max_nodata_fraction}")
+                        continue
+                    for band in spec.bands:  # fail early, naming the band, if an asset is missing
+                        adapter.asset_key(item, band)
+                    row.update(status="ok", reason="", item_id=item["id"],
+                               collection=item.get("collection"),
+                               datetime=item["properties"].get("datetime"), epsg=grid.epsg,
+                               row_off=win[0], col_off=win[1], cloud_fraction=cloud,
+                               nodata_fraction=nodata, baseline=baseline_of(item))
+                    items[item["id"]] = item
+                    break
+            if row["status"] != "ok" and reasons:
+                row["reason"] = reasons[0] if len(set(r.split(" ")[0] for r in reasons)) == 1 else "; ".join(reasons[:3])
+        except Exception as err:  # a bad point costs that point, never the job
+            row.update(status="failed", reason=f"{type(err).__name__}: {err}")
+        rows.append(row)
+    df = pd.DataFrame(rows).reindex(columns=INDEX_COLUMNS)
+    df["items_json"] = df["item_id"].map(lambda i: json.dumps(items[i]) if i in items else None)
+    return df
+
+
+def assign_chunks(index: pd.DataFrame, chunk_size: int) -> pd.DataFrame:
+    """Kept chips sorted by (region, scene, window) and numbered into chunks per region."""
+    ok = index[index["status"] == "ok"].sort_values(["region", "item_id", "row_off", "col_off", "point_id"])
+    ok = ok.copy()
+    ok["chunk"] = ok.groupby("region").cumcount() // chunk_size
+    return ok
+
+
+def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name: str, region: str,
+                chunk: int, adapter: CatalogAdapter, spec: ChipSpec,
+                landcover: dict[str, str] | None = None, lc_codes: list[int] | None = None,
+                lc_names: list[str] | None = None) -> dict:
+    """Read one chunk's chips scene by scene and write its Parquet (+ tar). Idempotent."""
+    pq_uri = S.parquet_uri(root, set_name, region, chunk)
+    tar_uri = S.wds_uri(root, set_name, region, chunk)
+    if storage.exists(pq_uri) and (not spec.webdataset or storage.exists(tar_uri)):
+        n = storage.read_table(pq_uri, columns=["chip_id"]).num_rows
+        return {"region": region, "chunk": chunk, "written": False, "n": n, "failed": "[]"}
+    metas, arrays, failed = [], [], []
+    with C.gdal_env():
+        for item_id, grp in rows.groupby("item_id", sort=True):
+            item = items[item_id]
+            wins = list(zip(grp["row_off"].astype(int), grp["col_off"].astype(int)))
+            try:
+                sc = C.read_scene_chips(item, adapter, wins, spec.bands, spec.size_px, spec.resampling,
+                                        spec.resolution_m)
+                lc = None
+                if landcover and item_id in landcover and lc_codes:
+                    lc = C.read_landcover(landcover[item_id], wins, spec.size_px, lc_codes, spec.resolution_m)
+            except Exception as err:  # a failing scene costs its chips, never the job
+                log.warning("scene %s failed: %s", item_id, err)
+                failed += [(pid, f"{type(err).__name__}: {err}") for pid in grp["point_id"]]
+                continue
+            cloud, nodata = sc.cloud_fraction, sc.nodata_fraction
+            for i, r in enumerate(grp.itertuples(index=False)):
+                frac = lc[i] if lc is not None else np.zeros(0, np.float32)
+                lc_name = r.landcover
+                if lc is not None and frac.sum() > 0:
+                    lc_name = lc_names[int(np.argmax(frac))]
+                metas.append(dict(
+                    chip_id=f"{r.point_id}", set=set_name, point_id=r.point_id, lon=float(r.lon),
+                    lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
+                    lc_fractions=frac.tolist(), item_id=item_id, collection=r.collection,
+                    datetime=r.datetime, epsg=int(r.epsg), row_off=int(r.row_off), col_off=int(r.col_off),
+                    cloud_fraction=float(cloud[i]), nodata_fraction=float(nodata[i]),
+                    baseline=r.baseline, offset_applied=int(sc.offsets[spec.bands[0]]),
+                ))
+            arrays.append(sc.pixels)
+    if metas:
+        # Rows in the chunk's planned order, whatever order the scenes were read in.
+        order = {pid: i for i, pid in enumerate(rows["point_id"])}
+        pixels = np.concatenate(arrays)
+        idx = sorted(range(len(metas)), key=lambda i: order[metas[i]["point_id"]])
+        table = S.chips_table([metas[i] for i in idx], pixels[idx], spec.bands)
+        if spec.webdataset:
+            S.write_wds_shard(table, tar_uri)
+        S.write_parquet_shard(table, pq_uri)  # last: its presence marks the chunk done
+    return {"region": region, "chunk": chunk, "written": True, "n": len(metas), "failed": json.dumps(failed)}
+
+
+def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter,
+               spec: ChipSpec, landcover: dict[str, str] | None = None,
+               lc_codes: list[int] | None = None, lc_names: list[str] | None = None,
+               parallelism: int | None = None) -> IngestSummary:
+    """Ingest one set of points into shards under ``root`` with Ray Data. Resumable."""
+    import ray
+
+    index_uri = storage.join(root, "index", f"{set_name}.parquet")
+    manifest_uri = storage.join(root, "manifest", f"{set_name}.parquet")
+    n_cpu = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    parallelism = parallelism or n_cpu
+
+    if storage.exists(index_uri):
+        log.info("ingest %s: chip index exists, reusing %s", set_name, index_uri)
+        index = storage.read_table(index_uri).to_pandas()
+    else:
+        log.info("ingest %s: searching scenes for %d points", set_name, len(points))
+        ds = ray.data.from_pandas(points.reset_index(drop=True))
+        ds = ds.map_batches(
+            index_points, fn_kwargs=dict(searcher=searcher, adapter=adapter, spec=spec),
+            batch_format="pandas", batch_size=max(1, min(64, -(-len(points) // parallelism))),
+            compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1,
+        )
+        index = ds.to_pandas().sort_values("point_id").reset_index(drop=True)
+        items_table = index.dropna(subset=["items_json"]).drop_duplicates("item_id")[["item_id", "items_json"]]
+        storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False),
+                            storage.join(root, "index", f"{set_name}-items.parquet"))
+        index = index.drop(columns=["items_json"])
+        storage.write_table(pa.Table.from_pandas(index, preserve_index=False), index_uri)
+    items_df = storage.read_table(storage.join(root, "index", f"{set_name}-items.parquet")).to_pandas()
+    items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
+
+    chunked = assign_chunks(index, spec.chunk_size)
+    tasks = [
+        {"region": r, "chunk": int(k), "rows": g.to_json(orient="records")}
+        for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)
+    ]
+    results = []
+    if tasks:
+        def _do(batch: dict) -> dict:
+            out = write_chunk(pd.read_json(io.StringIO(batch["rows"]), orient="records",
+                                           dtype={"point_id": str, "item_id": str, "baseline": str}),
+                              items, root, set_name, batch["region"], int(batch["chunk"]), adapter, spec,
+                              landcover, lc_codes, lc_names)
+            return out
+
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        ds = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1)
+        results = ds.take_all()
+    failed_points = {pid: why for r in results for pid, why in json.loads(r["failed"])}
+    manifest = index[["point_id", "set", "lon", "lat", "region", "status", "reason", "item_id"]].copy()
+    for pid, why in failed_points.items():
+        manifest.loc[manifest["point_id"] == pid, ["status", "reason"]] = ["failed", why]
+    chunk_of = dict(zip(chunked["point_id"], chunked["region"].astype(str) + "/" + chunked["chunk"].astype(str)))
+    manifest["shard"] = manifest["point_id"].map(chunk_of).where(manifest["status"] == "ok")
+    storage.write_table(pa.Table.from_pandas(manifest, preserve_index=False), manifest_uri)
+    counts = manifest["status"].value_counts()
+    summary = IngestSummary(
+        set_name, len(manifest), int(counts.get("ok", 0)), int(counts.get("skipped", 0)),
+        int(counts.get("failed", 0)), sum(1 for r in results if r["written"]),
+        sum(1 for r in results if not r["written"]),
+    )
+    log.info("ingest %s", summary.line())
+    return summary

@@ -1,0 +1,168 @@
+"""Scene search: the best Sentinel-2 items over a point, from a STAC API or a local catalog.
+
+Both searchers return item dicts sorted by ``eo:cloud_cover`` ascending (best first),
+filtered by the date range and the cloud limit of the config's ``stac`` section.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Protocol
+
+from shapely.geometry import Point, shape
+
+from pw_ray import storage
+
+log = logging.getLogger(__name__)
+
+
+class SceneSearch(Protocol):
+    def candidates(self, lon: float, lat: float) -> list[dict]: ...
+
+
+def _parse_range(dt: str) -> tuple[datetime | None, datetime | None]:
+    def one(s: str) -> datetime | None:
+        s = s.strip()
+        if s in ("", ".."):
+            return None
+        if len(s) == 10:
+            s += "T00:00:00Z"
+        return datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+    if "/" in dt:
+        a, b = dt.split("/", 1)
+        start, end = one(a), one(b)
+        if end is not None and len(b.strip()) == 10:
+            end = end.replace(hour=23, minute=59, second=59)
+        return start, end
+    d = one(dt)
+    return d, d
+
+
+def _item_time(item: dict) -> datetime:
+    props = item["properties"]
+    raw = props.get("datetime") or props.get("start_datetime")
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def load_items(uri: str) -> list[dict]:
+    """Items from a static catalog (``catalog.json``), an ItemCollection or an ``.ndjson`` file."""
+    uri = str(uri)
+    if uri.endswith(".ndjson"):
+        return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+    doc = json.loads(storage.read_text(uri))
+    if doc.get("type") == "FeatureCollection":
+        return list(doc["features"])
+    if doc.get("type") == "Feature":
+        return [doc]
+    # A static catalog: walk it with pystac (local paths).
+    import pystac
+
+    cat = pystac.Catalog.from_file(storage.local_path(uri) if not storage.is_remote(uri) else uri)
+    return [it.to_dict(transform_hrefs=True) for it in cat.get_items(recursive=True)]
+
+
+class StaticSearch:
+    """Search a list of items in memory (static catalogs, ItemCollections, the synthetic archive)."""
+
+    def __init__(self, items: list[dict], collection: str | None, datetime_range: str,
+                 max_cloud_cover: float, max_items: int):
+        self.items = [it for it in items if collection is None or it.get("collection") in (None, collection)]
+        self.start, self.end = _parse_range(datetime_range)
+        self.max_cloud = max_cloud_cover
+        self.max_items = max_items
+        self._shapes = [shape(it["geometry"]) for it in self.items]
+
+    @classmethod
+    def from_uri(cls, uri: str, **kw) -> "StaticSearch":
+        return cls(load_items(uri), **kw)
+
+    def candidates(self, lon: float, lat: float) -> list[dict]:
+        p = Point(lon, lat)
+        out = []
+        for it, geom in zip(self.items, self._shapes):
+            if not geom.contains(p):
+                continue
+            cc = it["properties"].get("eo:cloud_cover", 0.0)
+            if cc >= self.max_cloud:
+                continue
+            t = _item_time(it)
+            if (self.start and t < self.start) or (self.end and t > self.end):
+                continue
+            out.append(it)
+        out.sort(key=lambda it: (it["properties"].get("eo:cloud_cover", 0.0), it["id"]))
+        return out[: self.max_items]
+
+
+class ApiSearch:
+    """Search a STAC API with pystac-client (retries 429/5xx with backoff)."""
+
+    def __init__(self, url: str, collection: str, datetime_range: str, max_cloud_cover: float,
+                 max_items: int, retries: int = 5, backoff_s: float = 0.5, timeout_s: float = 30.0,
+                 sign: bool = False):
+        self.url = url
+        self.collection = collection
+        self.datetime = datetime_range
+        self.max_cloud = max_cloud_cover
+        self.max_items = max_items
+        self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
+        self._client = None
+
+    def __getstate__(self):  # clients hold sessions: rebuild them in each Ray worker
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            from pystac_client import Client
+            from pystac_client.stac_api_io import StacApiIO
+            from urllib3 import Retry
+
+            retry = Retry(total=self.retries, backoff_factor=self.backoff_s, backoff_jitter=self.backoff_s,
+                          status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,
+                          respect_retry_after_header=True)
+            io = StacApiIO(max_retries=retry, timeout=self.timeout_s)
+            self._client = Client.open(self.url, stac_io=io)
+            self._client.add_conforms_to("SORT")
+            self._client.add_conforms_to("QUERY")
+            self._client.add_conforms_to("ITEM_SEARCH")
+        return self._client
+
+    def candidates(self, lon: float, lat: float) -> list[dict]:
+        search = self.client.search(
+            collections=[self.collection],
+            intersects={"type": "Point", "coordinates": [lon, lat]},
+            datetime=self.datetime,
+            query={"eo:cloud_cover": {"lt": self.max_cloud}},
+            sortby=[{"field": "properties.eo:cloud_cover", "direction": "asc"}],
+            max_items=self.max_items,
+        )
+        items = list(search.items_as_dicts())
+        # Servers without the query/sort extensions ignore them: enforce both here too.
+        items = [it for it in items if it["properties"].get("eo:cloud_cover", 0.0) < self.max_cloud]
+        items.sort(key=lambda it: (it["properties"].get("eo:cloud_cover", 0.0), it["id"]))
+        return items[: self.max_items]
+
+
+def searcher_for(stac, archive_items_uri: str | None = None) -> SceneSearch:
+    """The searcher a config's ``stac`` section asks for."""
+    kw = dict(collection=stac.collection, datetime_range=stac.datetime,
+              max_cloud_cover=stac.max_cloud_cover, max_items=stac.max_items)
+    if stac.kind == "synthetic":
+        if archive_items_uri is None:
+            raise ValueError("the synthetic source needs the archive's items file")
+        return StaticSearch.from_uri(archive_items_uri, **kw)
+    if stac.kind == "static":
+        return StaticSearch.from_uri(stac.url, **kw)
+    return ApiSearch(stac.url, retries=stac.retries, backoff_s=stac.backoff_s, timeout_s=stac.timeout_s, **kw)
+
+
+def footprints(items: list[dict]) -> list:
+    return [shape(it["geometry"]) for it in items]
+
+
+__all__ = ["ApiSearch", "StaticSearch", "SceneSearch", "load_items", "searcher_for", "footprints"]

@@ -1,0 +1,136 @@
+"""Chip shards: zstd Parquet with one tensor column, and the same chips as WebDataset tars.
+
+Parquet layout (readable with plain ``pyarrow`` + ``numpy``, see :func:`read_pixels`):
+
+* ``pixels``: ``fixed_size_list<uint16>[C*H*W]``, each row one chip in C-order (C, H, W),
+  reflectance ×10⁴ harmonised to the pre-04.00 scale;
+* schema metadata ``pw_ray.bands`` (JSON list of canonical band names) and ``pw_ray.shape``
+  (JSON ``[C, H, W]``);
+* metadata columns (see :data:`META_SCHEMA`).
+
+WebDataset: per chip ``<chip_id>.npy`` (the (C, H, W) uint16 array) and ``<chip_id>.json``
+(the metadata columns). File names come from content (set, region, chunk), so a rerun writes
+the same names, and every write is atomic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+
+from pw_ray import storage
+
+META_SCHEMA = pa.schema([
+    ("chip_id", pa.string()),
+    ("set", pa.string()),
+    ("point_id", pa.string()),
+    ("lon", pa.float64()),
+    ("lat", pa.float64()),
+    ("region", pa.string()),
+    ("biome", pa.string()),
+    ("landcover", pa.string()),
+    ("lc_fractions", pa.list_(pa.float32())),
+    ("item_id", pa.string()),
+    ("collection", pa.string()),
+    ("datetime", pa.string()),
+    ("epsg", pa.int32()),
+    ("row_off", pa.int32()),
+    ("col_off", pa.int32()),
+    ("cloud_fraction", pa.float32()),
+    ("nodata_fraction", pa.float32()),
+    ("baseline", pa.string()),
+    ("offset_applied", pa.int16()),
+])
+META_COLUMNS = tuple(META_SCHEMA.names)
+
+
+def chips_table(meta: list[dict], pixels: np.ndarray, bands: list[str]) -> pa.Table:
+    """Build a shard table from metadata rows and a (N, C, H, W) uint16 array."""
+    if pixels.ndim != 4 or pixels.dtype != np.uint16:
+        raise ValueError(f"pixels must be (N, C, H, W) uint16, got {pixels.shape} {pixels.dtype}")
+    if len(meta) != len(pixels):
+        raise ValueError(f"{len(meta)} metadata rows for {len(pixels)} chips")
+    n, c, h, w = pixels.shape
+    flat = pa.array(np.ascontiguousarray(pixels).reshape(-1), type=pa.uint16())
+    pix = pa.FixedSizeListArray.from_arrays(flat, c * h * w)
+    cols = {name: pa.array([m.get(name) for m in meta], type=META_SCHEMA.field(name).type)
+            for name in META_COLUMNS}
+    table = pa.table({**cols, "pixels": pix})
+    return table.replace_schema_metadata({
+        "pw_ray.bands": json.dumps(list(bands)),
+        "pw_ray.shape": json.dumps([c, h, w]),
+    })
+
+
+def read_pixels(table: pa.Table) -> np.ndarray:
+    """The ``pixels`` column as a (N, C, H, W) uint16 array (plain pyarrow + numpy)."""
+    md = table.schema.metadata or {}
+    shape = json.loads(md[b"pw_ray.shape"])
+    col = table.column("pixels").combine_chunks()
+    flat = col.values.to_numpy(zero_copy_only=False)
+    return flat.reshape(len(table), *shape)
+
+
+def shard_bands(table: pa.Table) -> list[str]:
+    return json.loads((table.schema.metadata or {})[b"pw_ray.bands"])
+
+
+def shard_name(set_name: str, region: str, chunk: int) -> str:
+    return f"{set_name}-{region}-{chunk:05d}"
+
+
+def parquet_uri(root: str, set_name: str, region: str, chunk: int) -> str:
+    return storage.join(root, "shards", set_name, f"region={region}",
+                        shard_name(set_name, region, chunk) + ".parquet")
+
+
+def wds_uri(root: str, set_name: str, region: str, chunk: int) -> str:
+    return storage.join(root, "shards", set_name, "wds", shard_name(set_name, region, chunk) + ".tar")
+
+
+def write_parquet_shard(table: pa.Table, uri: str, row_group_size: int = 128) -> None:
+    storage.write_table(table, uri, row_group_size=row_group_size, compression="zstd")
+
+
+def webdataset_bytes(table: pa.Table) -> bytes:
+    """A WebDataset tar (``.npy`` + ``.json`` per chip) of a shard table, deterministic."""
+    pixels = read_pixels(table)
+    meta = table.drop_columns(["pixels"]).to_pylist()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, px in zip(meta, pixels):
+            key = m["chip_id"].replace(".", "_")
+            npy = io.BytesIO()
+            np.save(npy, px)
+            js = dict(m, bands=shard_bands(table))
+            for suffix, data in ((".npy", npy.getvalue()), (".json", json.dumps(js).encode())):
+                info = tarfile.TarInfo(key + suffix)
+                info.size = len(data)
+                info.mtime = 0  # deterministic bytes for the same chips
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def write_wds_shard(table: pa.Table, uri: str) -> None:
+    storage.write_bytes(uri, webdataset_bytes(table))
+
+
+def shard_files(root: str, set_name: str) -> list[str]:
+    """All Parquet shard files of a set, sorted."""
+    return [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True,
+                                       suffix=".parquet") if "/region=" in u]
+
+
+def read_set(root: str, set_name: str, columns: list[str] | None = None) -> pa.Table:
+    """A whole set's shards as one table (small sets: tasks, tests)."""
+    files = shard_files(root, set_name)
+    if not files:
+        raise FileNotFoundError(f"no shards for set {set_name!r} under {root}")
+    tables = [storage.read_table(f, columns=columns) for f in files]
+    md = tables[0].schema.metadata
+    return pa.concat_tables(tables).replace_schema_metadata(md)

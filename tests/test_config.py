@@ -1,0 +1,87 @@
+import pytest
+
+from pw_ray.config import ConfigError, load_config, parse_config
+from tests.conftest import TINY_CONFIG
+
+
+def _with(**changes):
+    d = {**TINY_CONFIG, "root": "/tmp/x"}
+    d.update(changes)
+    return d
+
+
+def test_demo_config_loads_and_has_all_seven_sets(tmp_path):
+    from pw_ray.cli import DEMO_CONFIG
+
+    cfg = load_config(DEMO_CONFIG, {"root": str(tmp_path)})
+    assert [s.region for s in cfg.pretrain_sets] == ["af", "as", "eu", "na", "oc", "sa", "global"]
+    assert cfg.root == str(tmp_path)
+
+
+def test_global_weights_are_equal_sixths():
+    cfg = parse_config(_with())
+    w = cfg.pretrain_set("global").weights()
+    assert sorted(w) == ["af", "as", "eu", "na", "oc", "sa"]
+    assert all(abs(v - 1 / 6) < 1e-12 for v in w.values())
+
+
+def test_unknown_region_names_field_and_allowed_values():
+    sets = [dict(TINY_CONFIG["pretrain_sets"][0], region="antarctica")]
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with(pretrain_sets=sets))
+    msg = str(e.value)
+    assert "pretrain_sets[0].region" in msg
+    assert "antarctica" in msg and "af, as, eu, na, oc, sa, global" in msg
+
+
+def test_negative_size_names_field():
+    sets = [dict(TINY_CONFIG["pretrain_sets"][0], size=-5)]
+    with pytest.raises(ConfigError, match=r"pretrain_sets\[0\]\.size: Input should be greater than 0"):
+        parse_config(_with(pretrain_sets=sets))
+
+
+def test_unknown_band_names_field_and_allowed_bands():
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with(chips={"bands": ["B02", "B13"]}))
+    assert "chips.bands" in str(e.value) and "'B13'" in str(e.value) and "B8A" in str(e.value)
+
+
+def test_band_aliases_are_canonicalised():
+    cfg = parse_config(_with(chips={"bands": ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "b8a", "B11", "B12"]}))
+    assert cfg.chips.bands[:3] == ["B02", "B03", "B04"] and "B8A" in cfg.chips.bands
+
+
+def test_unknown_field_is_reported_as_typo():
+    with pytest.raises(ConfigError, match=r"chips\.sise_px: unknown field"):
+        parse_config(_with(chips={"sise_px": 96}))
+
+
+def test_unreachable_root_fails_before_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg_file = tmp_path / "c.yaml"
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump(_with(root=str(blocker / "sub"))))
+    with pytest.raises(ConfigError, match=r"root: storage root .* is not writable or not reachable"):
+        load_config(cfg_file)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_model_groups_must_use_chip_bands():
+    with pytest.raises(ConfigError, match="model.groups use bands not in chips.bands"):
+        parse_config(_with(chips={"bands": ["B02", "B03", "B04", "B08"]}))
+
+
+def test_chip_size_must_be_multiple_of_patch():
+    with pytest.raises(ConfigError, match="multiple of model.patch_size"):
+        parse_config(_with(chips={"size_px": 30}))
+
+
+def test_api_source_requires_url():
+    with pytest.raises(ConfigError, match="stac.url is required"):
+        parse_config(_with(stac={"kind": "api"}))
