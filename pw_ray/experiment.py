@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,17 +83,17 @@ def source(cfg: ExperimentConfig) -> Source:
     info = synthetic.build_archive(archive_dir, cfg.stac.synthetic, progress=True)
     items = synthetic.load_items(info)
     coverage: dict[str, list] = {}
+    half_chip_deg = cfg.chips.size_px * cfg.chips.resolution_m / 2 / 111_000
     for it in items:
         geom = shape(it["geometry"])
-        # Shrink by ~half a chip so chips centred on sampled points stay inside the scene.
-        inner = geom.buffer(-0.01)
+        # Shrink by half a chip so chips centred on sampled points lie inside the scene.
+        inner = geom.buffer(-half_chip_deg)
         c = geom.centroid
         region = regions_of(np.array([c.x]), np.array([c.y]))[0]
         if region and not inner.is_empty:
             coverage.setdefault(region, []).append(inner)
-    lc_items = [json.loads(line) for line in Path(info.landcover_items_path).read_text().splitlines() if line.strip()]
-    by_bbox = {tuple(np.round(it["bbox"], 5)): it["assets"]["map"]["href"] for it in lc_items}
-    lc_hrefs = {it["id"]: by_bbox[k] for it in items if (k := tuple(np.round(it["bbox"], 5))) in by_bbox}
+    lc_hrefs = {it["properties"]["synthetic:scene"]: it["assets"]["map"]["href"]
+                for it in synthetic.load_landcover_items(info)}
     names = list(synthetic.LANDCOVER_CLASSES)
     codes = [synthetic.WORLDCOVER_CODES[n] for n in names]
     searcher = searcher_for(cfg.stac, archive_items_uri=str(info.items_path))

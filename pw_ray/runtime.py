@@ -37,6 +37,17 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    quiet_ray_data()
+    log.info("ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+
+
+def quiet_ray_data() -> None:
+    """Keep Ray Data's progress bars but not its per-dataset INFO chatter."""
+    import ray
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
-    log.info("ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+    ctx.print_on_execution_start = False if hasattr(ctx, "print_on_execution_start") else None
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor",
+                 "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ once for all the chips that need it. 20 m and 60 m bands are resampled onto the 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -38,16 +39,21 @@ GDAL_CLOUD_OPTIONS = {
     "CPL_VSIL_CURL_CACHE_SIZE": str(128 * 1024 * 1024),
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": str(64 * 1024 * 1024),
-    "GDAL_CACHEMAX": "256",  # MB of decoded blocks: a scene's chips share them
+    "GDAL_CACHEMAX": 256,  # MB of decoded blocks: a scene's chips share them
     "GDAL_NUM_THREADS": "1",  # Ray runs one reader per core
 }
 
 
 @contextmanager
 def gdal_env(**overrides):
-    """The one GDAL environment every reader uses."""
-    opts = dict(GDAL_CLOUD_OPTIONS)
-    opts.update({k: str(v) for k, v in overrides.items()})
+    """The one GDAL environment every reader uses.
+
+    Precedence: ``overrides`` > the process environment (e.g. ``GDAL_HTTP_TIMEOUT`` set in a Ray
+    ``runtime_env``) > :data:`GDAL_CLOUD_OPTIONS`. ``rasterio.Env`` options beat environment
+    variables inside GDAL, so without this an operator could not tune a default at all.
+    """
+    opts = {k: os.environ.get(k, v) for k, v in GDAL_CLOUD_OPTIONS.items()}
+    opts.update(overrides)
     with rasterio.Env(**opts):
         yield
 
@@ -99,10 +105,32 @@ def chip_window(grid: SceneGrid, lon: float, lat: float, size_px: int) -> tuple[
     return r, c
 
 
+def _vsi_path(href: str) -> str | None:
+    """The GDAL virtual path of a network href (``None`` for local files)."""
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    if href.startswith("s3://"):
+        return "/vsis3/" + href[5:]
+    if href.startswith(("gs://", "gcs://")):
+        return "/vsigs/" + href.split("://", 1)[1]
+    return None
+
+
 def _retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
-    """Run ``fn``, retrying I/O errors with exponential backoff and jitter."""
+    """Run ``fn``, retrying I/O errors with exponential backoff and jitter.
+
+    GDAL's network file systems cache what they learnt about a URL, failures included: after
+    an open that failed (a dropped connection, a timeout once GDAL's own retries are spent) the
+    URL "does not exist" until the process ends, so a plain retry never reaches the server.
+    Retries therefore run with ``CPL_VSIL_CURL_NON_CACHED`` set to that URL, which bypasses and
+    refreshes its cache entries.
+    """
+    vsi = _vsi_path(what)
     for attempt in range(retries + 1):
         try:
+            if attempt and vsi:
+                with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=vsi):
+                    return fn()
             return fn()
         except (rasterio.errors.RasterioIOError, OSError) as err:
             if attempt == retries:
@@ -113,12 +141,9 @@ def _retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
 
 
 def _open(href: str):
-    if href.startswith(("http://", "https://")):
-        href = "/vsicurl/" + href
-    elif href.startswith("s3://"):
-        href = "/vsis3/" + href[5:]
-    elif href.startswith(("gs://", "gcs://")):
-        href = "/vsigs/" + href.split("://", 1)[1]
+    vsi = _vsi_path(href)
+    if vsi:
+        href = vsi
     elif href.startswith("file://"):
         href = href[7:]
     return rasterio.open(href)

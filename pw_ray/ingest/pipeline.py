@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -58,7 +57,9 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
     rows, items = [], {}
     for p in points.itertuples(index=False):
         row = {c: getattr(p, c, None) for c in ("point_id", "set", "lon", "lat", "region", "biome", "landcover")}
-        row.update(status="skipped", reason="no scene", item_id=None)
+        row.update(status="skipped", reason="no scene", item_id=None, collection="", datetime="",
+                   baseline="", epsg=0, row_off=-1, col_off=-1, cloud_fraction=float("nan"),
+                   nodata_fraction=float("nan"))
         try:
             cands = searcher.candidates(float(p.lon), float(p.lat))
             reasons = []
@@ -174,10 +175,12 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
         index = storage.read_table(index_uri).to_pandas()
     else:
         log.info("ingest %s: searching scenes for %d points", set_name, len(points))
-        ds = ray.data.from_pandas(points.reset_index(drop=True))
+        batch = max(1, min(64, -(-len(points) // (parallelism * 2))))
+        pts = points.reset_index(drop=True)
+        ds = ray.data.from_pandas([pts.iloc[i:i + batch] for i in range(0, len(pts), batch)])
         ds = ds.map_batches(
             index_points, fn_kwargs=dict(searcher=searcher, adapter=adapter, spec=spec),
-            batch_format="pandas", batch_size=max(1, min(64, -(-len(points) // parallelism))),
+            batch_format="pandas", batch_size=batch,
             compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1,
         )
         index = ds.to_pandas().sort_values("point_id").reset_index(drop=True)
@@ -190,18 +193,16 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
 
     chunked = assign_chunks(index, spec.chunk_size)
-    tasks = [
-        {"region": r, "chunk": int(k), "rows": g.to_json(orient="records")}
-        for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)
-    ]
+    tasks = [{"region": r, "chunk": int(k)} for (r, k) in
+             chunked[["region", "chunk"]].drop_duplicates().itertuples(index=False)]
     results = []
     if tasks:
-        def _do(batch: dict) -> dict:
-            out = write_chunk(pd.read_json(io.StringIO(batch["rows"]), orient="records",
-                                           dtype={"point_id": str, "item_id": str, "baseline": str}),
-                              items, root, set_name, batch["region"], int(batch["chunk"]), adapter, spec,
-                              landcover, lc_codes, lc_names)
-            return out
+        # Plain records, not DataFrames, cross the process boundary.
+        rows_of = {(r, int(k)): g.to_dict("records") for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)}
+
+        def _do(task: dict) -> dict:
+            return write_chunk(pd.DataFrame(rows_of[(task["region"], task["chunk"])]), items, root, set_name,
+                               task["region"], task["chunk"], adapter, spec, landcover, lc_codes, lc_names)
 
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
         ds = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1)

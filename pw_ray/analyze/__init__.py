@@ -1,0 +1,1 @@
+"""Analysis: diversity measures, statistics and the report."""

@@ -1,0 +1,1 @@
+"""Downstream evaluation: methods (plain PyTorch/NumPy) and the Ray Tune grid."""

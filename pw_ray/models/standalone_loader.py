@@ -1,0 +1,43 @@
+"""Load a pw-ray SatMAE encoder export (encoder.pt + config.json) with only torch and timm."""
+import json
+from functools import partial
+from pathlib import Path
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+class SatMAEEncoder(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        d, n = cfg["embed_dim"], (cfg["img_size"] // cfg["patch_size"]) ** 2
+        norm = partial(nn.LayerNorm, eps=cfg["norm_eps"])
+        self.groups = cfg["group_indices"]
+        self.patch_embed = nn.ModuleList(
+            PatchEmbed(cfg["img_size"], cfg["patch_size"], len(g), d) for g in self.groups)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.register_buffer("pos_embed", torch.zeros(1, n + 1, d - cfg["channel_embed"]))
+        self.register_buffer("channel_embed", torch.zeros(1, len(self.groups), cfg["channel_embed"]))
+        self.blocks = nn.Sequential(*(Block(d, cfg["num_heads"], cfg["mlp_ratio"], qkv_bias=True,
+                                            norm_layer=norm) for _ in range(cfg["depth"])))
+        self.norm = norm(d)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised to [0, 1] as config["normalization"] says → (B, embed_dim)."""
+        t = torch.stack([pe(x[:, g]) for pe, g in zip(self.patch_embed, self.groups)], 1)
+        G, L = t.shape[1:3]
+        pos = torch.cat([self.pos_embed[:, None, 1:].expand(-1, G, -1, -1),
+                         self.channel_embed[:, :, None].expand(-1, -1, L, -1)], -1)
+        t = (t + pos).flatten(1, 2)
+        t = torch.cat([self.cls_token.expand(len(t), -1, -1), t], 1)
+        return self.norm(self.blocks(t))[:, 1:].mean(1)
+
+
+def load_encoder(path) -> SatMAEEncoder:
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    model = SatMAEEncoder(cfg)
+    model.load_state_dict(torch.load(Path(path) / "encoder.pt", map_location="cpu", weights_only=True))
+    return model.eval()
