@@ -106,6 +106,7 @@ def _landcover_at(src: Source):
         return None
     import rasterio
     from rasterio.warp import transform as warp
+    from rasterio.warp import transform_bounds
 
     code_to_name = dict(zip(src.lc_codes, src.lc_names))
     hrefs = sorted(set(src.landcover_hrefs.values()))
@@ -114,14 +115,16 @@ def _landcover_at(src: Source):
         out = np.full(len(lons), None, dtype=object)
         for href in hrefs:
             with rasterio.open(href) as ds:
-                xs, ys = warp("EPSG:4326", ds.crs, list(lons), list(lats))
-                rows, cols = rasterio.transform.rowcol(ds.transform, xs, ys)
-                rows, cols = np.asarray(rows), np.asarray(cols)
-                inside = (rows >= 0) & (rows < ds.height) & (cols >= 0) & (cols < ds.width) & (out == None)  # noqa: E711
-                if inside.any():
-                    band = ds.read(1)
-                    for i in np.flatnonzero(inside):
-                        out[i] = code_to_name.get(int(band[rows[i], cols[i]]))
+                w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+                near = np.flatnonzero((lons >= w) & (lons <= e) & (lats >= s) & (lats <= n))
+                if not len(near):  # only project points near the scene: far ones fail in UTM
+                    continue
+                xs, ys = warp("EPSG:4326", ds.crs, list(lons[near]), list(lats[near]))
+                rows, cols = (np.asarray(v) for v in rasterio.transform.rowcol(ds.transform, xs, ys))
+                band = ds.read(1)
+                for i, r, c in zip(near, rows, cols):
+                    if out[i] is None and 0 <= r < ds.height and 0 <= c < ds.width:
+                        out[i] = code_to_name.get(int(band[r, c]))
         return out
 
     return at

@@ -292,19 +292,14 @@ class GroupChannelMAE(nn.Module):
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(imgs, pred, mask), pred, mask
 
-    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised → (B, D): mean of all patch tokens after the final norm.
 
-        No masking; the cls token takes part in attention but not in the mean. Differentiable
-        (for fine-tuning); :meth:`embed` is the same without gradients.
+        No masking; the cls token takes part in attention but not in the mean. Differentiable,
+        so fine-tuning can train through it; wrap frozen use in ``torch.no_grad()``.
         """
         tokens = self._tokens(imgs)
         return self._encode(tokens.flatten(1, 2))[:, 1:].mean(dim=1)
-
-    @torch.no_grad()
-    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised → (B, D) frozen-encoder embedding (see :meth:`forward_features`)."""
-        return self.forward_features(imgs)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights and fixed tables only (no decoder), detached on CPU."""

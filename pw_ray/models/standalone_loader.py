@@ -24,9 +24,10 @@ class SatMAEEncoder(nn.Module):
                                             norm_layer=norm) for _ in range(cfg["depth"])))
         self.norm = norm(d)
 
-    @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised to [0, 1] as config["normalization"] says → (B, embed_dim)."""
+        """(B, C, H, W) scaled to [0, 1] as config["normalization"] says → (B, embed_dim).
+
+        Differentiable (fine-tuning); wrap frozen use in ``torch.no_grad()``."""
         t = torch.stack([pe(x[:, g]) for pe, g in zip(self.patch_embed, self.groups)], 1)
         G, L = t.shape[1:3]
         pos = torch.cat([self.pos_embed[:, None, 1:].expand(-1, G, -1, -1),

@@ -21,7 +21,10 @@ import importlib.util, sys, torch
 spec = importlib.util.spec_from_file_location("standalone_loader", sys.argv[1])
 mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
 encoder = mod.load_encoder(sys.argv[2])
-torch.save(encoder.embed(torch.load(sys.argv[3])), sys.argv[4])
+x = torch.load(sys.argv[3])
+assert encoder.embed(x).requires_grad, "embed must stay differentiable for fine-tuning"
+with torch.no_grad():
+    torch.save(encoder.embed(x), sys.argv[4])
 assert not any(m.split(".")[0] == "pw_ray" for m in sys.modules), "loader imported pw_ray"
 """
 
@@ -54,4 +57,6 @@ def test_standalone_loader_reproduces_embeddings_without_pw_ray(tmp_path):
                    check=True, cwd=tmp_path, capture_output=True, timeout=120)
     loaded = torch.load(tmp_path / "emb.pt", weights_only=True)
     assert loaded.shape == (3, 96)
-    torch.testing.assert_close(loaded, model.embed(x), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        expected = model.embed(x)
+    torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=0)
