@@ -51,3 +51,15 @@ def tiny_cfg(tmp_path):
     from pw_ray.config import parse_config
 
     return parse_config(dict(TINY_CONFIG, root=str(tmp_path / "root")))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_session, tmp_path_factory):
+    """The whole pipeline once on the tiny config; tests read its outputs (session-scoped: slow)."""
+    from pw_ray import experiment as E
+    from pw_ray.config import parse_config
+
+    root = tmp_path_factory.mktemp("tiny-run") / "root"
+    cfg = parse_config(dict(TINY_CONFIG, root=str(root)))
+    report = E.run_all(cfg)
+    return cfg, report
