@@ -55,7 +55,7 @@ def _entropy_rows(counts: np.ndarray) -> np.ndarray:
     total = counts.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = counts / total
-    h = -xlogy(p, p).sum(axis=-1)
+    h = -xlogy(p, p).sum(axis=-1) + 0.0  # + 0.0 turns the −0.0 of a single category into 0.0
     return np.where(total[..., 0] > 0, h, np.nan)
 
 

@@ -1,6 +1,5 @@
 """The report: index.html with embedded figures, PNG files beside it, README.md tables."""
 
-import json
 import re
 from html.parser import HTMLParser
 
@@ -8,55 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pw_ray.analyze import figures as F
 from pw_ray.analyze import report as R
 from pw_ray.analyze import stats as S
+from tests.analyze.fabricated import make_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SETS = ["eu", "af", "global"]
-
-
-def _results():
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, s in enumerate(SETS):
-        for task, ttype in (("landcover", "classification"), ("population", "regression")):
-            for region in ("global", "af", "eu"):
-                for method in ("knn", "linear"):
-                    for seed in (0, 1):
-                        score = 0.6 - 0.1 * i + rng.normal(0, 0.01)
-                        rows.append(dict(pretrain_set=s, task=task, task_type=ttype, task_region=region,
-                                         method=method, seed=seed, score=score,
-                                         accuracy=score if ttype == "classification" else np.nan,
-                                         macro_f1=np.nan, r2=score if ttype == "regression" else np.nan,
-                                         n_train=60, n_test=20, wall_s=1.0, checkpoint=""))
-    return pd.DataFrame(rows)
-
-
-def _diversity():
-    return pd.DataFrame({"pretrain_set": SETS, "n_chips": [100, 100, 100],
-                         "continent_entropy": [0.0, 0.0, np.log(6)], "biome_entropy": [1.2, 0.8, 1.6],
-                         "landcover_entropy": [1.5, 1.0, 1.7], "spectral_entropy_hist": [2.1, 1.5, 1.9],
-                         "spectral_entropy_codebook": [2.5, 1.7, 2.2]})
-
-
-def _inputs(tmp_path):
-    results, diversity = _results(), _diversity()
-    perf = S.main_table(results).set_index("pretrain_set")["mean_performance"]
-    corr = S.diversity_correlations(diversity, perf, n_boot=50)
-    rng = np.random.default_rng(1)
-    points = pd.DataFrame({"lon": rng.uniform(-20, 40, 60), "lat": rng.uniform(-30, 60, 60),
-                           "set": np.repeat(SETS, 20), "region": rng.choice(["af", "eu"], 60)})
-    chips = {s: rng.integers(0, 4000, (3, 3, 16, 16)).astype(np.uint16) for s in SETS}
-    manifest = pd.DataFrame({"ok": [90, 95, 80], "skipped": [8, 5, 15], "failed": [2, 0, 5]}, index=SETS)
-    geojson = tmp_path / "continents.geojson"
-    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"continent": "af"},
-         "geometry": {"type": "Polygon", "coordinates": [[[-20, -35], [50, -35], [50, 35], [-20, 35], [-20, -35]]]}},
-        {"type": "Feature", "properties": {"continent": "eu"},
-         "geometry": {"type": "MultiPolygon",
-                      "coordinates": [[[[-10, 36], [40, 36], [40, 70], [-10, 70], [-10, 36]]]]}}]}))
-    return dict(results=results, diversity=diversity, correlations=corr, points=points, chips_by_set=chips,
-                manifest_counts=manifest, continents_path=geojson)
 
 
 class _Collector(HTMLParser):
@@ -82,13 +38,6 @@ class _Collector(HTMLParser):
             self.errors.append(tag)
 
 
-@pytest.fixture(scope="module")
-def full_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    index = R.write_report(out / "report", **_inputs(out))
-    return index
-
-
 def test_report_embeds_every_figure_as_a_data_uri(full_report):
     parser = _Collector()
     parser.feed(full_report.read_text(encoding="utf-8"))
@@ -101,8 +50,9 @@ def test_report_embeds_every_figure_as_a_data_uri(full_report):
 def test_report_pngs_exist_beside_the_html_and_are_valid(full_report):
     parser = _Collector()
     parser.feed(full_report.read_text(encoding="utf-8"))
-    assert len(parser.links) == 10
-    for rel in parser.links:
+    pngs = [link for link in parser.links if not link.startswith("#")]
+    assert len(pngs) == 10
+    for rel in pngs:
         assert (full_report.parent / rel).read_bytes()[:8] == PNG_MAGIC
 
 
@@ -113,14 +63,15 @@ def test_report_html_has_no_external_url(full_report):
 
 def test_readme_contains_the_main_table(full_report):
     readme = (full_report.parent / "README.md").read_text(encoding="utf-8")
-    table = S.main_table(_results())
-    assert S.to_markdown(table, {"landcover": "max", "population": "max", "mean_performance": "max",
-                                 "rank": "min"}, digits={"mean_performance": 3}) in readme
+    table = S.main_table(make_results()).rename(columns={"pretrain_set": "pretraining set",
+                                                          "mean_performance": "mean performance"})
+    assert S.to_markdown(table, {"landcover": "max", "population": "max", "mean performance": "max",
+                                 "rank": "min"}, digits={"mean performance": 3}) in readme
     assert "![Sampled locations per pretraining set](locations.png)" in readme
 
 
 def test_report_without_optional_inputs_writes_notes(tmp_path):
-    index = R.write_report(tmp_path, results=_results(), diversity=None, correlations=None)
+    index = R.write_report(tmp_path, results=make_results(), diversity=None, correlations=None)
     text = index.read_text(encoding="utf-8")
     assert "Skipped: no diversity table was given." in text
     assert "Skipped: no example chips were given." in text
@@ -135,7 +86,60 @@ def test_report_with_nothing_still_renders(tmp_path):
 
 def test_chip_stretch_maps_the_2nd_and_98th_percentiles_to_0_and_1():
     chip = np.arange(3 * 10 * 10, dtype=np.uint16).reshape(3, 10, 10)
-    rgb = R.stretch_rgb(chip)
+    rgb = F.stretch_rgb(chip)
     assert rgb.shape == (10, 10, 3)
     assert rgb.min() == 0.0 and rgb.max() == 1.0
     assert (rgb == 0).sum() == pytest.approx(0.02 * 300, abs=1) and (rgb == 1).sum() == pytest.approx(0.02 * 300, abs=1)
+
+
+def _readme(index):
+    return (index.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_both_spectral_variants_appear_in_the_diversity_and_correlation_tables(full_report):
+    readme = _readme(full_report)
+    diversity, correlations = readme.split("## Diversity of the pretraining sets")[1].split("## Diversity and performance")
+    assert "| spectral entropy (hist) | spectral entropy (codebook) |" in diversity  # both columns
+    for label in ("spectral entropy (hist)", "spectral entropy (codebook)"):
+        assert f"\n| {label} | 3 |" in correlations  # a correlation row each
+
+
+def test_correlation_table_shows_p_values_and_bootstrap_intervals(full_report):
+    readme = _readme(full_report)
+    assert ("| measure | n | Spearman ρ | ρ 95 % CI | ρ p (t) | ρ p (perm.) | Pearson r | r 95 % CI | r p (t) |"
+            in readme)
+    assert "percentile bootstrap over 50 resamples of the sets" in readme
+    # continent entropy: eu 0, af 0, global ln 6 against mean performance ≈ 0.6, 0.5, 0.4
+    row = next(line for line in readme.splitlines() if line.startswith("| continent entropy |"))
+    cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+    assert cells[1] == "3" and float(cells[2]) == pytest.approx(-0.87, abs=0.01)  # ρ = −√3/2
+    assert re.fullmatch(r"\[-?\d\.\d\d, -?\d\.\d\d\]", cells[3]) and re.fullmatch(r"0\.\d{3}", cells[4])
+    assert cells[5] == "0.667"  # exact permutation p: 4 of the 6 pairings of 3 sets have |ρ| ≥ √3/2
+
+
+def test_rank_per_task_region_table_for_each_method(full_report):
+    readme = _readme(full_report)
+    section = readme.split("## Rank per task region")[1].split("\n## ")[0]
+    assert "### linear" in section and "### knn" in section
+    assert "| pretraining set | Global | Africa | Europe |" in section
+    assert "| eu | **0.00** | **0.00** | **0.00** |" in section
+
+
+def test_external_sets_are_marked_beside_the_measured_ones(external_report):
+    readme = _readme(external_report)
+    main = readme.split("## Rank per task region")[0]
+    assert "| ssl4eo † | **0.71 ± 0.02** | **0.65** |" in main  # best, bold; no std given for population
+    assert "| fmow_s2 † |" in main and "† external set" in main
+    assert "| fmow_s2 † | – | 1.200 | 1.400 | 1.300 | 1.700 | – |" in readme  # diversity row, no codebook value
+    assert "### All sets (measured and external)" in readme and "### Measured sets only" in readme
+    assert "| continent entropy | 5 (2 ext.) |" in readme
+    assert "| spectral entropy (codebook) | 3 |" in readme  # externals gave no codebook value
+    section = readme.split("## External sets")[1].split("\n## ")[0]
+    assert "| ssl4eo | knn | global | landcover, population |" in section
+    assert "paper A, Table 2" in section
+
+
+def test_external_report_embeds_the_same_figures(external_report):
+    parser = _Collector()
+    parser.feed(external_report.read_text(encoding="utf-8"))
+    assert len(parser.imgs) == 10 and parser.errors == []

@@ -114,3 +114,77 @@ def test_summarise_ignores_cells_that_were_not_scored():
     df["status"] = ["ok", "skipped"]
     s = S.summarise(df)
     assert s.loc[0, "score_mean"] == pytest.approx(0.30) and s.loc[0, "n_seeds"] == 1
+
+
+# --------------------------------------------------------------------------- worked by hand
+
+
+def test_correlation_and_p_value_worked_by_hand():
+    # ranks of y: 2 1 4 3 5 → d = −1 1 −1 1 0, Σd² = 4 → ρ = 1 − 6·4 / (5·24) = 0.8; the values
+    # are their own ranks, so Pearson r = 0.8 too. p: t = r·√(n−2)/√(1−r²) = 0.8·√3/0.6 on 3
+    # degrees of freedom, whose two-sided tail is 1 − (2/π)·(t/√3 / (1 + t²/3) + atan(t/√3))
+    # with t/√3 = 4/3: 1 − (2/π)·(0.48 + atan(4/3)) ≈ 0.1041.
+    r = S.correlate([1, 2, 3, 4, 5], [2, 1, 4, 3, 5], n_boot=0)
+    p = 1 - 2 / math.pi * (0.48 + math.atan(4 / 3))
+    assert r["spearman_rho"] == pytest.approx(0.8) and r["pearson_r"] == pytest.approx(0.8)
+    assert r["spearman_p"] == pytest.approx(p) and r["pearson_p"] == pytest.approx(p)
+    assert p == pytest.approx(0.1041, abs=1e-4)
+
+
+def test_bootstrap_interval_matches_the_exact_bootstrap_distribution_of_three_points():
+    # x = 1 2 3, y = 1 3 2. Of the 3³ = 27 resamples of the pairs, 3 repeat one pair (no
+    # correlation: left out); 6 are permutations of all three (ρ = r = 0.5); the other 18
+    # hold two distinct pairs, 6 for each: {1,2} and {1,3} rise (+1), {2,3} falls (−1).
+    # So over the 24 kept resamples P(−1) = 1/4, P(0.5) = 1/4, P(+1) = 1/2:
+    # the 95 % interval is [−1, 1]; the 40 % interval (30th, 70th percentiles) is [0.5, 1].
+    x, y = [1, 2, 3], [1, 3, 2]
+    wide = S.correlate(x, y, n_boot=4000, seed=0, ci=0.95)
+    narrow = S.correlate(x, y, n_boot=4000, seed=0, ci=0.40)
+    for name in ("spearman", "pearson"):
+        assert (wide[f"{name}_ci_low"], wide[f"{name}_ci_high"]) == pytest.approx((-1.0, 1.0))
+        assert (narrow[f"{name}_ci_low"], narrow[f"{name}_ci_high"]) == pytest.approx((0.5, 1.0))
+    assert wide["spearman_rho"] == pytest.approx(0.5) and wide["pearson_r"] == pytest.approx(0.5)
+
+
+def test_region_ranks_give_the_rank_column_per_task_region():
+    # global: A beats B on both tasks → A 0, B 1; eu: B beats A on task a, ties (rounded) on b → A 0.5, B 0
+    rows = [("A", "a", "global", "linear", 0, 0.9), ("B", "a", "global", "linear", 0, 0.5),
+            ("A", "b", "global", "linear", 0, 0.8), ("B", "b", "global", "linear", 0, 0.4),
+            ("A", "a", "eu", "linear", 0, 0.3), ("B", "a", "eu", "linear", 0, 0.6),
+            ("A", "b", "eu", "linear", 0, 0.501), ("B", "b", "eu", "linear", 0, 0.499)]
+    ranks = S.region_ranks(S.summarise(_results(rows)), "linear").set_index("pretrain_set")
+    assert list(ranks.columns) == ["global", "eu"]
+    assert ranks.loc["A"].tolist() == [0.0, 0.5] and ranks.loc["B"].tolist() == [1.0, 0.0]
+    assert list(ranks.index) == ["A", "B"]  # mean over regions 0.25 vs 0.5
+
+
+def test_diversity_correlations_record_the_bootstrap_settings():
+    div = pd.DataFrame({"pretrain_set": list("abcd"), "continent_entropy": [0.0, 0.5, 1.0, 1.5]})
+    c = S.diversity_correlations(div, pd.Series([0.1, 0.3, 0.2, 0.4], index=list("abcd")), n_boot=30, ci=0.9)
+    assert c.loc[0, "n_boot"] == 30 and c.loc[0, "ci_level"] == 0.9
+
+
+def test_p_values_and_intervals_are_formatted_for_tables():
+    assert S.fmt_p(0.0004) == "< 0.001" and S.fmt_p(0.0416) == "0.042" and S.fmt_p(float("nan")) == "–"
+    assert S.fmt_ci(-0.123, 0.987) == "[-0.12, 0.99]" and S.fmt_ci(np.nan, 1) == "[–, 1.00]"
+    assert S.fmt_num(-0.0001) == "0.00" and S.fmt_num(-0.01) == "-0.01"  # no "-0.00"
+
+
+def test_permutation_p_value_worked_by_hand():
+    # x = 1..5, y = 2 1 4 3 5: ρ = 0.8. |ρ| ≥ 0.8 needs Σd² ≤ 4 or ≥ 36 (ρ = 1 − Σd²/20):
+    # Σd² = 0 (1 pairing), 2 (the 4 adjacent swaps), 4 (the 3 pairs of disjoint adjacent
+    # swaps), and the mirror images of these 8 (ρ ≤ −0.8) → 16 of the 120 pairings.
+    assert S.spearman_permutation_p([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(16 / 120)
+    # three points in reverse order: only the identity and the reversal reach |ρ| = 1 → 2/6,
+    # where the t approximation claims p ≈ 0
+    r = S.correlate([1, 2, 3], [3, 2, 1], n_boot=0)
+    assert r["spearman_p_perm"] == pytest.approx(1 / 3) and r["spearman_p"] < 1e-6
+
+
+def test_permutation_p_value_beyond_the_exact_range_is_a_seeded_monte_carlo_estimate():
+    x = np.arange(12.0)
+    y = x + np.random.default_rng(0).normal(0, 3, 12)
+    p = S.spearman_permutation_p(x, y, n_perm=4000, seed=1)
+    assert p == S.spearman_permutation_p(x, y, n_perm=4000, seed=1)
+    assert p == pytest.approx(S.correlate(x, y, n_boot=0)["spearman_p"], abs=0.02)  # t is fine at n = 12
+    assert S.spearman_permutation_p(x, x, n_perm=999) == pytest.approx(1 / 1000)  # nothing beats ρ = 1
