@@ -126,7 +126,9 @@ class ApiSearch:
                           status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,
                           respect_retry_after_header=True)
             io = StacApiIO(max_retries=retry, timeout=self.timeout_s)
-            self._client = Client.open(self.url, stac_io=io)
+            # Client.open calls stac_io.update(timeout=...), which resets the timeout to its own
+            # argument (None: wait forever): pass it here too.
+            self._client = Client.open(self.url, stac_io=io, timeout=self.timeout_s)
             self._client.add_conforms_to("SORT")
             self._client.add_conforms_to("QUERY")
             self._client.add_conforms_to("ITEM_SEARCH")
