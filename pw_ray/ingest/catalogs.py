@@ -21,6 +21,7 @@ DN 0 stays 0 (no data); harmonised values are clipped to [1, 65535] elsewhere.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from pw_ray import bands as B
@@ -107,14 +108,33 @@ class CatalogAdapter:
         return href
 
 
+_QUERY = re.compile(r"((?:https?|s3|gs|abfs|/vsicurl/https?):?/?/[^\s?'\"]*)\?[^\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the query string of every URL in it replaced by ``?<redacted>``.
+
+    Signed hrefs carry their credential (a SAS token: ``st=…&se=…&sig=…``) in the query, and
+    GDAL's error messages quote the URL they failed on: every error text that can reach a log
+    line or an output table goes through here.
+    """
+    return _QUERY.sub(r"\1?<redacted>", str(text))
+
+
 @dataclass(frozen=True)
 class PlanetaryComputer(CatalogAdapter):
     name: str = "planetary-computer"
+    #: Hosts whose hrefs are signed (Azure Blob Storage, where Planetary Computer keeps its data).
+    sign_hosts: tuple[str, ...] = ("blob.core.windows.net",)
+    #: The signing function; ``None``: ``planetary_computer.sign_url`` (looked up at each call).
+    signer: object = None
 
     def sign(self, href: str) -> str:
         # Tokens expire (≈1 h): sign just before each read, never store signed URLs.
-        if "blob.core.windows.net" not in href:
+        if not any(h in href for h in self.sign_hosts):
             return href
+        if self.signer is not None:
+            return self.signer(href)
         import planetary_computer
 
         return planetary_computer.sign_url(href)

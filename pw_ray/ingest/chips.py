@@ -22,7 +22,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from pw_ray import bands as B
-from pw_ray.ingest.catalogs import CatalogAdapter
+from pw_ray.ingest.catalogs import CatalogAdapter, redact
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ def _retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
             if attempt == retries:
                 raise
             delay = backoff_s * (2 ** attempt) * (1 + random.random())
-            log.warning("read of %s failed (%s); retry %d/%d in %.1fs", what, err, attempt + 1, retries, delay)
+            log.warning("read of %s failed (%s); retry %d/%d in %.1fs", redact(what), redact(err), attempt + 1,
+                        retries, delay)
             time.sleep(delay)
 
 
@@ -149,18 +150,61 @@ def _open(href: str):
     return rasterio.open(href)
 
 
+#: A group of chip windows is read as one rectangle when that rectangle is at most this many
+#: times the area of the chips in it (overlapping or adjacent chips: one decode, one resampling).
+MAX_UNION_RATIO = 4.0
+#: ... and at most this many 10 m pixels on a side (bounded memory per read).
+MAX_UNION_PX = 2048
+
+
+def _read_groups(windows: list[tuple[int, int]], size_px: int, max_union_ratio: float) -> list[list[int]]:
+    """Windows grouped into rectangles worth one read: greedy over windows sorted by position.
+
+    A window joins the current group when the group's bounding box, with it, stays within
+    ``max_union_ratio`` × the summed chip area and :data:`MAX_UNION_PX` on a side.
+    """
+    order = sorted(range(len(windows)), key=lambda i: windows[i])
+    groups: list[list[int]] = []
+    box = None
+    for i in order:
+        r, c = windows[i]
+        if box is not None:
+            r0, c0, r1, c1 = min(box[0], r), min(box[1], c), max(box[2], r + size_px), max(box[3], c + size_px)
+            n = len(groups[-1]) + 1
+            if (max(r1 - r0, c1 - c0) <= MAX_UNION_PX
+                    and (r1 - r0) * (c1 - c0) <= max_union_ratio * n * size_px * size_px):
+                groups[-1].append(i)
+                box = (r0, c0, r1, c1)
+                continue
+        groups.append([i])
+        box = (r, c, r + size_px, c + size_px)
+    return groups
+
+
 def read_band_windows(href: str, windows: list[tuple[int, int]], size_px: int, res: float,
-                      resampling: Resampling, dtype=np.uint16, retries: int = 3) -> np.ndarray:
-    """Read one asset at several 10 m chip windows → (N, size, size) resampled to 10 m."""
+                      resampling: Resampling, dtype=np.uint16, retries: int = 3,
+                      max_union_ratio: float = MAX_UNION_RATIO) -> np.ndarray:
+    """Read one asset at several 10 m chip windows → (N, size, size) resampled to 10 m.
+
+    Windows close together (overlapping or adjacent chips of one scene) are read as one
+    rectangle, so each COG block is decoded and resampled once for all of them.
+    """
 
     def run():
         out = np.zeros((len(windows), size_px, size_px), dtype=dtype)
         with _open(href) as ds:
             factor = abs(ds.transform.a) / res
-            for i, (r, c) in enumerate(windows):
-                w = Window(c / factor, r / factor, size_px / factor, size_px / factor)
-                out[i] = ds.read(1, window=w, out_shape=(size_px, size_px), resampling=resampling,
-                                 boundless=False)
+            for group in _read_groups(windows, size_px, max_union_ratio):
+                rows = [windows[i][0] for i in group]
+                cols = [windows[i][1] for i in group]
+                r0, c0 = min(rows), min(cols)
+                h, w_ = max(rows) + size_px - r0, max(cols) + size_px - c0
+                win = Window(c0 / factor, r0 / factor, w_ / factor, h / factor)
+                # One GDAL read (and resampling) for the whole group, then chips are slices.
+                block = ds.read(1, window=win, out_shape=(h, w_), resampling=resampling, boundless=False)
+                for i in group:
+                    r, c = windows[i][0] - r0, windows[i][1] - c0
+                    out[i] = block[r:r + size_px, c:c + size_px]
         return out
 
     return _retrying(run, href, retries=retries)

@@ -26,12 +26,13 @@ from pw_ray import storage
 from pw_ray.config import ChipSpec
 from pw_ray.ingest import chips as C
 from pw_ray.ingest import shards as S
-from pw_ray.ingest.catalogs import CatalogAdapter, baseline_of
+from pw_ray.ingest.catalogs import CatalogAdapter, baseline_of, redact
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = [
-    "point_id", "set", "lon", "lat", "region", "biome", "landcover", "status", "reason", "item_id",
+    "point_id", "chip_id", "season", "set", "lon", "lat", "region", "biome", "landcover", "status", "reason",
+    "item_id",
     "collection", "datetime", "epsg", "row_off", "col_off", "cloud_fraction", "nodata_fraction",
     "baseline",
 ]
@@ -53,46 +54,54 @@ class IngestSummary:
 
 
 def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec) -> pd.DataFrame:
-    """Choose a scene and a chip window for each point (pure function of its inputs)."""
+    """Choose a scene and a chip window for each point (pure function of its inputs).
+
+    With ``searcher.seasons`` = N > 1 (``stac.seasons``) each point gets N rows, one per date
+    window, with ``chip_id`` ``<point_id>-s<k>``; otherwise ``chip_id`` is the ``point_id``.
+    """
     rows, items = [], {}
+    n_seasons = int(getattr(searcher, "seasons", 1) or 1)
     for p in points.itertuples(index=False):
-        row = {c: getattr(p, c, None) for c in ("point_id", "set", "lon", "lat", "region", "biome", "landcover")}
-        row.update(status="skipped", reason="no scene", item_id=None, collection="", datetime="",
-                   baseline="", epsg=0, row_off=-1, col_off=-1, cloud_fraction=float("nan"),
-                   nodata_fraction=float("nan"))
-        try:
-            cands = searcher.candidates(float(p.lon), float(p.lat))
-            reasons = []
-            with C.gdal_env():
-                for item in cands:
-                    grid = C.scene_grid(item, adapter, spec.resolution_m)
-                    win = C.chip_window(grid, float(p.lon), float(p.lat), spec.size_px)
-                    if win is None:
-                        reasons.append(f"{item['id']}: point outside scene grid")
-                        continue
-                    scl = C.read_scl(item, adapter, [win], spec.size_px, spec.resolution_m)
-                    cloud = float(np.isin(scl, C.B.SCL_CLOUDY).mean())
-                    nodata = float((scl == C.B.SCL_NODATA).mean())
-                    if cloud > spec.max_cloud_fraction:
-                        reasons.append(f"cloud {cloud:.2f} > {spec.max_cloud_fraction}")
-                        continue
-                    if nodata > spec.max_nodata_fraction:
-                        reasons.append(f"nodata {nodata:.2f} > {spec.max_nodata_fraction}")
-                        continue
-                    for band in spec.bands:  # fail early, naming the band, if an asset is missing
-                        adapter.asset_key(item, band)
-                    row.update(status="ok", reason="", item_id=item["id"],
-                               collection=item.get("collection"),
-                               datetime=item["properties"].get("datetime"), epsg=grid.epsg,
-                               row_off=win[0], col_off=win[1], cloud_fraction=cloud,
-                               nodata_fraction=nodata, baseline=baseline_of(item))
-                    items[item["id"]] = item
-                    break
-            if row["status"] != "ok" and reasons:
-                row["reason"] = reasons[0] if len(set(r.split(" ")[0] for r in reasons)) == 1 else "; ".join(reasons[:3])
-        except Exception as err:  # a bad point costs that point, never the job
-            row.update(status="failed", reason=f"{type(err).__name__}: {err}")
-        rows.append(row)
+        for season in range(n_seasons):
+            row = {c: getattr(p, c, None) for c in ("point_id", "set", "lon", "lat", "region", "biome", "landcover")}
+            row.update(chip_id=str(p.point_id) if n_seasons == 1 else f"{p.point_id}-s{season}", season=season)
+            row.update(status="skipped", reason="no scene", item_id=None, collection="", datetime="",
+                       baseline="", epsg=0, row_off=-1, col_off=-1, cloud_fraction=float("nan"),
+                       nodata_fraction=float("nan"))
+            try:
+                cands = (searcher.candidates(float(p.lon), float(p.lat)) if n_seasons == 1
+                         else searcher.candidates(float(p.lon), float(p.lat), season=season))
+                reasons = []
+                with C.gdal_env():
+                    for item in cands:
+                        grid = C.scene_grid(item, adapter, spec.resolution_m)
+                        win = C.chip_window(grid, float(p.lon), float(p.lat), spec.size_px)
+                        if win is None:
+                            reasons.append(f"{item['id']}: point outside scene grid")
+                            continue
+                        scl = C.read_scl(item, adapter, [win], spec.size_px, spec.resolution_m)
+                        cloud = float(np.isin(scl, C.B.SCL_CLOUDY).mean())
+                        nodata = float((scl == C.B.SCL_NODATA).mean())
+                        if cloud > spec.max_cloud_fraction:
+                            reasons.append(f"cloud {cloud:.2f} > {spec.max_cloud_fraction}")
+                            continue
+                        if nodata > spec.max_nodata_fraction:
+                            reasons.append(f"nodata {nodata:.2f} > {spec.max_nodata_fraction}")
+                            continue
+                        for band in spec.bands:  # fail early, naming the band, if an asset is missing
+                            adapter.asset_key(item, band)
+                        row.update(status="ok", reason="", item_id=item["id"],
+                                   collection=item.get("collection"),
+                                   datetime=item["properties"].get("datetime"), epsg=grid.epsg,
+                                   row_off=win[0], col_off=win[1], cloud_fraction=cloud,
+                                   nodata_fraction=nodata, baseline=baseline_of(item))
+                        items[item["id"]] = item
+                        break
+                if row["status"] != "ok" and reasons:
+                    row["reason"] = reasons[0] if len(set(r.split(" ")[0] for r in reasons)) == 1 else "; ".join(reasons[:3])
+            except Exception as err:  # a bad point costs that point, never the job
+                row.update(status="failed", reason=redact(f"{type(err).__name__}: {err}"))
+            rows.append(row)
     df = pd.DataFrame(rows).reindex(columns=INDEX_COLUMNS)
     df["items_json"] = df["item_id"].map(lambda i: json.dumps(items[i]) if i in items else None)
     return df
@@ -100,7 +109,9 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
 
 def assign_chunks(index: pd.DataFrame, chunk_size: int) -> pd.DataFrame:
     """Kept chips sorted by (region, scene, window) and numbered into chunks per region."""
-    ok = index[index["status"] == "ok"].sort_values(["region", "item_id", "row_off", "col_off", "point_id"])
+    if "chip_id" not in index.columns:  # an index written before seasons existed
+        index = index.assign(chip_id=index["point_id"])
+    ok = index[index["status"] == "ok"].sort_values(["region", "item_id", "row_off", "col_off", "chip_id"])
     ok = ok.copy()
     ok["chunk"] = ok.groupby("region").cumcount() // chunk_size
     return ok
@@ -128,8 +139,8 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                 if landcover and item_id in landcover and lc_codes:
                     lc = C.read_landcover(landcover[item_id], wins, spec.size_px, lc_codes, spec.resolution_m)
             except Exception as err:  # a failing scene costs its chips, never the job
-                log.warning("scene %s failed: %s", item_id, err)
-                failed += [(pid, f"{type(err).__name__}: {err}") for pid in grp["point_id"]]
+                log.warning("scene %s failed: %s", item_id, redact(err))
+                failed += [(pid, redact(f"{type(err).__name__}: {err}")) for pid in grp["chip_id"]]
                 continue
             cloud, nodata = sc.cloud_fraction, sc.nodata_fraction
             for i, r in enumerate(grp.itertuples(index=False)):
@@ -138,7 +149,7 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                 if lc is not None and frac.sum() > 0:
                     lc_name = lc_names[int(np.argmax(frac))]
                 metas.append(dict(
-                    chip_id=f"{r.point_id}", set=set_name, point_id=r.point_id, lon=float(r.lon),
+                    chip_id=str(r.chip_id), set=set_name, point_id=r.point_id, lon=float(r.lon),
                     lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
                     lc_fractions=frac.tolist(), item_id=item_id, collection=r.collection,
                     datetime=r.datetime, epsg=int(r.epsg), row_off=int(r.row_off), col_off=int(r.col_off),
@@ -148,14 +159,32 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
             arrays.append(sc.pixels)
     if metas:
         # Rows in the chunk's planned order, whatever order the scenes were read in.
-        order = {pid: i for i, pid in enumerate(rows["point_id"])}
+        order = {cid: i for i, cid in enumerate(rows["chip_id"])}
         pixels = np.concatenate(arrays)
-        idx = sorted(range(len(metas)), key=lambda i: order[metas[i]["point_id"]])
+        idx = sorted(range(len(metas)), key=lambda i: order[metas[i]["chip_id"]])
         table = S.chips_table([metas[i] for i in idx], pixels[idx], spec.bands)
         if spec.webdataset:
             S.write_wds_shard(table, tar_uri)
         S.write_parquet_shard(table, pq_uri)  # last: its presence marks the chunk done
     return {"region": region, "chunk": chunk, "written": True, "n": len(metas), "failed": json.dumps(failed)}
+
+
+#: Default ceiling on ingest tasks in flight when ``chips.ingest_parallelism`` is unset.
+MAX_DEFAULT_PARALLELISM = 64
+
+
+def ingest_parallelism(n_units: int, cluster_cpus: float, override: int | None = None,
+                       cap: int = MAX_DEFAULT_PARALLELISM) -> int:
+    """How many ingest tasks may run at once (the ``TaskPoolStrategy`` size).
+
+    ``override`` (``chips.ingest_parallelism``) wins. Otherwise the larger of the CPUs the
+    cluster has now and the number of work units (capped at ``cap``): on a cluster that starts
+    with no worker CPUs, sizing by today's CPUs would allow one task, leave the autoscaler no
+    pending demand and never scale up; queuing up to ``cap`` tasks makes it add CPU workers.
+    """
+    if override:
+        return int(override)
+    return max(1, int(cluster_cpus), min(int(n_units), cap))
 
 
 def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter,
@@ -167,8 +196,11 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
 
     index_uri = storage.join(root, "index", f"{set_name}.parquet")
     manifest_uri = storage.join(root, "manifest", f"{set_name}.parquet")
-    n_cpu = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    parallelism = parallelism or n_cpu
+    override = parallelism or spec.ingest_parallelism
+    # Expected chunks (an upper bound until the index says which chips are kept).
+    parallelism = ingest_parallelism(-(-len(points) // spec.chunk_size), ray.cluster_resources().get("CPU", 0),
+                                     override)
+    log.info("ingest %s: up to %d tasks at once", set_name, parallelism)
 
     if storage.exists(index_uri):
         log.info("ingest %s: chip index exists, reusing %s", set_name, index_uri)
@@ -183,7 +215,7 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
             batch_format="pandas", batch_size=batch,
             compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1,
         )
-        index = ds.to_pandas().sort_values("point_id").reset_index(drop=True)
+        index = ds.to_pandas().sort_values(["point_id", "chip_id"]).reset_index(drop=True)
         items_table = index.dropna(subset=["items_json"]).drop_duplicates("item_id")[["item_id", "items_json"]]
         storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False),
                             storage.join(root, "index", f"{set_name}-items.parquet"))
@@ -192,6 +224,8 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     items_df = storage.read_table(storage.join(root, "index", f"{set_name}-items.parquet")).to_pandas()
     items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
 
+    if n_stale := S.remove_partial(root, set_name):
+        log.info("ingest %s: removed %d temp files of writes killed mid-way", set_name, n_stale)
     chunked = assign_chunks(index, spec.chunk_size)
     tasks = [{"region": r, "chunk": int(k)} for (r, k) in
              chunked[["region", "chunk"]].drop_duplicates().itertuples(index=False)]
@@ -204,15 +238,18 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
             return write_chunk(pd.DataFrame(rows_of[(task["region"], task["chunk"])]), items, root, set_name,
                                task["region"], task["chunk"], adapter, spec, landcover, lc_codes, lc_names)
 
+        parallelism = ingest_parallelism(len(tasks), ray.cluster_resources().get("CPU", 0), override)
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
         ds = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1)
         results = ds.take_all()
     failed_points = {pid: why for r in results for pid, why in json.loads(r["failed"])}
-    manifest = index[["point_id", "set", "lon", "lat", "region", "status", "reason", "item_id"]].copy()
+    if "chip_id" not in index.columns:  # an index written before seasons existed
+        index["chip_id"] = index["point_id"]
+    manifest = index[["point_id", "chip_id", "set", "lon", "lat", "region", "status", "reason", "item_id"]].copy()
     for pid, why in failed_points.items():
-        manifest.loc[manifest["point_id"] == pid, ["status", "reason"]] = ["failed", why]
-    chunk_of = dict(zip(chunked["point_id"], chunked["region"].astype(str) + "/" + chunked["chunk"].astype(str)))
-    manifest["shard"] = manifest["point_id"].map(chunk_of).where(manifest["status"] == "ok")
+        manifest.loc[manifest["chip_id"] == pid, ["status", "reason"]] = ["failed", why]
+    chunk_of = dict(zip(chunked["chip_id"], chunked["region"].astype(str) + "/" + chunked["chunk"].astype(str)))
+    manifest["shard"] = manifest["chip_id"].map(chunk_of).where(manifest["status"] == "ok")
     storage.write_table(pa.Table.from_pandas(manifest, preserve_index=False), manifest_uri)
     counts = manifest["status"].value_counts()
     summary = IngestSummary(

@@ -19,7 +19,23 @@ log = logging.getLogger(__name__)
 
 
 class SceneSearch(Protocol):
-    def candidates(self, lon: float, lat: float) -> list[dict]: ...
+    #: Date windows per point (``stac.seasons``): the date range split into this many equal parts.
+    seasons: int
+
+    def candidates(self, lon: float, lat: float, season: int | None = None) -> list[dict]: ...
+
+
+def season_ranges(dt: str, n: int) -> list[str]:
+    """``dt`` (``start/end``) split into ``n`` equal, consecutive windows as STAC datetime strings."""
+    if n <= 1:
+        return [dt]
+    start, end = _parse_range(dt)
+    if start is None or end is None or end <= start:
+        raise ValueError(f"stac.seasons = {n} needs a bounded date range (start/end), got {dt!r}")
+    step = (end - start) / n
+    fmt = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    edges = [start + step * k for k in range(n)] + [end]
+    return [f"{fmt(edges[k])}/{fmt(edges[k + 1])}" for k in range(n)]
 
 
 def _parse_range(dt: str) -> tuple[datetime | None, datetime | None]:
@@ -68,9 +84,11 @@ class StaticSearch:
     """Search a list of items in memory (static catalogs, ItemCollections, the synthetic archive)."""
 
     def __init__(self, items: list[dict], collection: str | None, datetime_range: str,
-                 max_cloud_cover: float, max_items: int):
+                 max_cloud_cover: float, max_items: int, seasons: int = 1):
         self.items = [it for it in items if collection is None or it.get("collection") in (None, collection)]
         self.start, self.end = _parse_range(datetime_range)
+        self.seasons = int(seasons)
+        self._season_bounds = [_parse_range(r) for r in season_ranges(datetime_range, self.seasons)]
         self.max_cloud = max_cloud_cover
         self.max_items = max_items
         self._shapes = [shape(it["geometry"]) for it in self.items]
@@ -79,9 +97,10 @@ class StaticSearch:
     def from_uri(cls, uri: str, **kw) -> "StaticSearch":
         return cls(load_items(uri), **kw)
 
-    def candidates(self, lon: float, lat: float) -> list[dict]:
+    def candidates(self, lon: float, lat: float, season: int | None = None) -> list[dict]:
         p = Point(lon, lat)
         out = []
+        start, end = (self.start, self.end) if season is None else self._season_bounds[season]
         for it, geom in zip(self.items, self._shapes):
             if not geom.contains(p):
                 continue
@@ -89,7 +108,8 @@ class StaticSearch:
             if cc >= self.max_cloud:
                 continue
             t = _item_time(it)
-            if (self.start and t < self.start) or (self.end and t > self.end):
+            if (start and t < start) or (end and t > end) or (season is not None and end and t == end
+                                                                and season < self.seasons - 1):
                 continue
             out.append(it)
         out.sort(key=lambda it: (it["properties"].get("eo:cloud_cover", 0.0), it["id"]))
@@ -101,8 +121,10 @@ class ApiSearch:
 
     def __init__(self, url: str, collection: str, datetime_range: str, max_cloud_cover: float,
                  max_items: int, retries: int = 5, backoff_s: float = 0.5, timeout_s: float = 30.0,
-                 sign: bool = False):
+                 sign: bool = False, seasons: int = 1):
         self.url = url
+        self.seasons = int(seasons)
+        self.season_datetimes = season_ranges(datetime_range, self.seasons)
         self.collection = collection
         self.datetime = datetime_range
         self.max_cloud = max_cloud_cover
@@ -134,11 +156,11 @@ class ApiSearch:
             self._client.add_conforms_to("ITEM_SEARCH")
         return self._client
 
-    def candidates(self, lon: float, lat: float) -> list[dict]:
+    def candidates(self, lon: float, lat: float, season: int | None = None) -> list[dict]:
         search = self.client.search(
             collections=[self.collection],
             intersects={"type": "Point", "coordinates": [lon, lat]},
-            datetime=self.datetime,
+            datetime=self.datetime if season is None else self.season_datetimes[season],
             query={"eo:cloud_cover": {"lt": self.max_cloud}},
             sortby=[{"field": "properties.eo:cloud_cover", "direction": "asc"}],
             max_items=self.max_items,
@@ -153,7 +175,7 @@ class ApiSearch:
 def searcher_for(stac, archive_items_uri: str | None = None) -> SceneSearch:
     """The searcher a config's ``stac`` section asks for."""
     kw = dict(collection=stac.collection, datetime_range=stac.datetime,
-              max_cloud_cover=stac.max_cloud_cover, max_items=stac.max_items)
+              max_cloud_cover=stac.max_cloud_cover, max_items=stac.max_items, seasons=stac.seasons)
     if stac.kind == "synthetic":
         if archive_items_uri is None:
             raise ValueError("the synthetic source needs the archive's items file")
@@ -167,4 +189,4 @@ def footprints(items: list[dict]) -> list:
     return [shape(it["geometry"]) for it in items]
 
 
-__all__ = ["ApiSearch", "StaticSearch", "SceneSearch", "load_items", "searcher_for", "footprints"]
+__all__ = ["ApiSearch", "StaticSearch", "SceneSearch", "load_items", "season_ranges", "searcher_for", "footprints"]

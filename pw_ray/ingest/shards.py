@@ -120,10 +120,29 @@ def write_wds_shard(table: pa.Table, uri: str) -> None:
     storage.write_bytes(uri, webdataset_bytes(table))
 
 
+#: Marker in the names of files being written (``storage.write_bytes``: ``<name>.tmp-<hex>``,
+#: renamed atomically when complete). Readers never list them as shards.
+TMP_MARK = ".tmp-"
+
+
 def shard_files(root: str, set_name: str) -> list[str]:
-    """All Parquet shard files of a set, sorted."""
+    """All complete Parquet shard files of a set, sorted (temp files of unfinished writes excluded)."""
     return [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True,
-                                       suffix=".parquet") if "/region=" in u]
+                                       suffix=".parquet")
+            if "/region=" in u and TMP_MARK not in u.rsplit("/", 1)[-1]]
+
+
+def remove_partial(root: str, set_name: str) -> int:
+    """Delete temp files left by writes that were killed mid-way (a rerun's first step).
+
+    Only call it when no other ingest of this set runs: a live writer's temp file would go too
+    (its rename then fails and its task is retried).
+    """
+    stale = [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True)
+             if TMP_MARK in u.rsplit("/", 1)[-1]]
+    for u in stale:
+        storage.remove(u)
+    return len(stale)
 
 
 def read_set(root: str, set_name: str, columns: list[str] | None = None) -> pa.Table:

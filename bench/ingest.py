@@ -1,0 +1,260 @@
+"""Ingest benchmark: the Ray Data pipeline vs a naive per-chip loop vs the COG decode limit.
+
+On one synthetic archive built in a temp dir (``scenes_per_region`` 2, ``scene_px`` 480 by
+default), side by side in one run:
+
+* **pipeline**: ``run_ingest`` after Ray start-up. The search/index phase (scene search, SCL
+  screening) is timed separately; ``chips_per_s`` is the shard phase (read grouped by scene,
+  write Parquet + WebDataset), measured by rerunning with the index kept and the shards removed.
+* **naive**: for each chip, for each band (and SCL), ``rasterio.open`` the asset and read the
+  chip's window (resampled to 10 m) on its own.
+* **decode limit**: one process, a tight loop that opens each needed asset once and reads each
+  COG block the chips touch exactly once (``ds.read(window=block_window)``), nothing else.
+
+Ratios: ``ratio_vs_naive`` = pipeline chips/s ÷ naive chips/s (wall clock, all cores);
+``ratio_vs_decode_limit`` = (pipeline chips/s ÷ cores used) ÷ decode-limit chips/s (per core).
+``peak_rss_mb``: peak of the summed RSS of the driver and every process under it (raylet, Ray
+workers), sampled every 0.1 s during the pipeline run, at 1× and 4× the set size.
+
+    python bench/ingest.py [--points 120] [--cores 2] [--size-px 96]
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- memory
+def _tree_rss_mb(root_pid: int) -> float:
+    """Summed RSS (MB) of ``root_pid`` and all its descendants, from /proc."""
+    parent, rss = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/statm") as f:
+                pages = int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parent[int(d)] = ppid
+        rss[int(d)] = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    keep, frontier = {root_pid}, [root_pid]
+    children: dict[int, list[int]] = {}
+    for pid, pp in parent.items():
+        children.setdefault(pp, []).append(pid)
+    while frontier:
+        p = frontier.pop()
+        for c in children.get(p, []):
+            if c not in keep:
+                keep.add(c)
+                frontier.append(c)
+    return sum(rss.get(p, 0.0) for p in keep)
+
+
+class PeakRss:
+    def __init__(self, interval_s: float = 0.1):
+        self.interval_s, self.peak, self._stop = interval_s, 0.0, threading.Event()
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss_mb(os.getpid()))
+            self._stop.wait(self.interval_s)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+# ----------------------------------------------------------------------------- baselines
+def _ok_chips(index):
+    return index[index["status"] == "ok"].sort_values(["item_id", "row_off", "col_off"])
+
+
+def naive_loop(index, items, adapter, spec) -> float:
+    """Seconds to read every kept chip one rasterio.open per chip per band (+ SCL)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    from pw_ray import bands as B
+    from pw_ray.ingest import chips as C
+
+    t0 = time.perf_counter()
+    with C.gdal_env():
+        for r in _ok_chips(index).itertuples(index=False):
+            item = items[r.item_id]
+            for band in list(spec.bands) + [B.SCL]:
+                href = adapter.sign(adapter.href(item, band))
+                with rasterio.open(href) as ds:
+                    f = abs(ds.transform.a) / spec.resolution_m
+                    w = Window(r.col_off / f, r.row_off / f, spec.size_px / f, spec.size_px / f)
+                    rs = Resampling.bilinear if f != 1 and band != B.SCL else Resampling.nearest
+                    ds.read(1, window=w, out_shape=(spec.size_px, spec.size_px), resampling=rs)
+    return time.perf_counter() - t0
+
+
+def decode_limit(index, items, adapter, spec) -> tuple[float, int]:
+    """Seconds to decode, once each, every COG block the kept chips touch; and the block count."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from pw_ray import bands as B
+    from pw_ray.ingest import chips as C
+
+    ok = _ok_chips(index)
+    n_blocks = 0
+    t0 = time.perf_counter()
+    with C.gdal_env(GDAL_CACHEMAX=16):
+        for item_id, grp in ok.groupby("item_id", sort=True):
+            item = items[item_id]
+            for band in list(spec.bands) + [B.SCL]:
+                with rasterio.open(adapter.href(item, band)) as ds:
+                    f = abs(ds.transform.a) / spec.resolution_m
+                    bh, bw = ds.block_shapes[0]
+                    need = set()
+                    for r, c in zip(grp["row_off"], grp["col_off"]):
+                        r0, c0 = int(r / f), int(c / f)
+                        r1 = min(ds.height, int(np.ceil((r + spec.size_px) / f))) - 1
+                        c1 = min(ds.width, int(np.ceil((c + spec.size_px) / f))) - 1
+                        need.update((i, j) for i in range(r0 // bh, r1 // bh + 1)
+                                    for j in range(c0 // bw, c1 // bw + 1))
+                    for i, j in sorted(need):
+                        w = Window(j * bw, i * bh, min(bw, ds.width - j * bw), min(bh, ds.height - i * bh))
+                        ds.read(1, window=w)
+                    n_blocks += len(need)
+    return time.perf_counter() - t0, n_blocks
+
+
+# ----------------------------------------------------------------------------- pipeline
+def run_pipeline(root: str, name: str, pts, src, spec):
+    """(index seconds, shard seconds, peak RSS MB, kept chips) of one set through run_ingest."""
+    from pw_ray import storage
+    from pw_ray.ingest.pipeline import run_ingest
+
+    with PeakRss() as mem:
+        t0 = time.perf_counter()
+        run_ingest(root, name, pts, src.searcher, src.adapter, spec, src.landcover_hrefs,
+                   src.lc_codes, src.lc_names)
+        t_all = time.perf_counter() - t0
+        # Shard phase alone: keep the index, drop shards + manifest, run again.
+        shutil.rmtree(storage.join(root, "shards", name), ignore_errors=True)
+        os.remove(storage.join(root, "manifest", f"{name}.parquet"))
+        t0 = time.perf_counter()
+        s = run_ingest(root, name, pts, src.searcher, src.adapter, spec, src.landcover_hrefs,
+                       src.lc_codes, src.lc_names)
+        t_shards = time.perf_counter() - t0
+    return max(0.0, t_all - t_shards), t_shards, mem.peak, s.ok
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--points", type=int, default=120, help="points in the 1x set")
+    ap.add_argument("--cores", type=int, default=2, help="Ray CPUs (cores used by the pipeline)")
+    ap.add_argument("--size-px", type=int, default=96)
+    ap.add_argument("--scene-px", type=int, default=480)
+    ap.add_argument("--scenes-per-region", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from pw_ray import experiment as E
+    from pw_ray import storage
+    from pw_ray.config import PretrainSet, parse_config
+    from pw_ray.plan import plan_set
+
+    tmp = tempfile.mkdtemp(prefix="pwray-bench-ingest-")
+    root = os.path.join(tmp, "root")
+    cfg = parse_config({
+        "name": "bench", "root": root, "tasks": [],
+        "pretrain_sets": [{"name": "b1", "region": "global", "size": args.points, "seed": 1}],
+        "stac": {"kind": "synthetic", "max_cloud_cover": 60,
+                 "synthetic": {"seed": 0, "scenes_per_region": args.scenes_per_region,
+                               "scene_px": args.scene_px, "cloudy_fraction": 0.3}},
+        "chips": {"size_px": args.size_px, "max_cloud_fraction": 0.3, "max_nodata_fraction": 0.1,
+                  "chunk_size": 64},
+    })
+    t0 = time.perf_counter()
+    src = E.source(cfg)
+    print(f"archive built in {time.perf_counter() - t0:.1f}s under {tmp}", flush=True)
+
+    ray.init(num_cpus=args.cores, include_dashboard=False, _temp_dir=os.path.join(tmp, "ray"),
+             logging_level="WARNING", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Warm-up: worker start-up is not ingest time.
+    ray.data.range(args.cores * 2).map(lambda r: r, num_cpus=1).take_all()
+
+    res = {}
+    try:
+        for mult in (1, 4):
+            name = f"b{mult}"
+            pts = plan_set(PretrainSet(name=name, region="global", size=args.points * mult, seed=mult),
+                           src.coverage, biome_path=src.biome_path)
+            t_index, t_shards, peak, ok = run_pipeline(root, name, pts, src, cfg.chips)
+            res[mult] = dict(points=len(pts), chips=ok, index_s=t_index, shards_s=t_shards, peak_rss_mb=peak)
+            print(f"{mult}x: {len(pts)} points, {ok} chips; index {t_index:.1f}s, shards {t_shards:.1f}s, "
+                  f"peak RSS {peak:.0f} MB", flush=True)
+        index = storage.read_table(storage.join(root, "index", "b1.parquet")).to_pandas()
+        items_df = storage.read_table(storage.join(root, "index", "b1-items.parquet")).to_pandas()
+        items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
+        n = res[1]["chips"]
+        t_naive = naive_loop(index, items, src.adapter, cfg.chips)
+        t_dec, n_blocks = decode_limit(index, items, src.adapter, cfg.chips)
+    finally:
+        ray.shutdown()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    pipe = n / res[1]["shards_s"]
+    pipe4 = res[4]["chips"] / res[4]["shards_s"]
+    naive = n / t_naive
+    dec = n / t_dec
+    rows = [
+        ("pipeline shard phase (1x)", pipe, f"{args.cores} cores, {pipe / args.cores:.1f}/s per core"),
+        ("pipeline shard phase (4x)", pipe4, f"{args.cores} cores, {pipe4 / args.cores:.1f}/s per core"),
+        ("pipeline index phase (1x)", n / max(res[1]["index_s"], 1e-9), "search + SCL screening, separate"),
+        ("naive per-chip loop", naive, "1 core, open per chip per band"),
+        ("decode limit", dec, f"1 core, {n_blocks} blocks decoded once each"),
+    ]
+    print(f"\n{'what':<28} {'chips/s':>9}  notes")
+    for what, v, note in rows:
+        print(f"{what:<28} {v:9.1f}  {note}")
+    out = {
+        "chips": n, "cores": args.cores, "size_px": args.size_px, "bands": len(cfg.chips.bands),
+        "chips_per_s": round(pipe, 2), "chips_per_s_4x": round(pipe4, 2),
+        "index_chips_per_s": round(n / max(res[1]["index_s"], 1e-9), 2),
+        "naive_chips_per_s": round(naive, 2), "decode_limit_chips_per_s": round(dec, 2),
+        "ratio_vs_naive": round(pipe / naive, 3),
+        "ratio_vs_decode_limit": round(pipe / args.cores / dec, 3),
+        "peak_rss_mb": {"1x": round(res[1]["peak_rss_mb"]), "4x": round(res[4]["peak_rss_mb"])},
+    }
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
