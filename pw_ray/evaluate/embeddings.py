@@ -1,12 +1,19 @@
 """Frozen-encoder embeddings, computed once per (checkpoint, task) and cached on storage.
 
-``runs/embeddings/<set>/<task>.parquet``: ``chip_id`` and ``embedding`` (list<float32>, the
-mean of the encoder's patch tokens after its final norm, on chips normalised exactly as in
-pretraining). kNN and linear-probe cells read these instead of running the encoder again.
+``runs/embeddings/<set>/<task>.parquet``: ``chip_id`` and ``embedding`` (fixed-size list of
+float32, the mean of the encoder's patch tokens after its final norm, on chips normalised
+exactly as in pretraining). kNN and linear-probe cells read these instead of running the
+encoder again.
+
+The cache is keyed by the checkpoint, not only by the set's name: the file's schema metadata
+``pw_ray.encoder_sha256`` holds the digest of the ``encoder.pt`` it was computed with, and a
+re-exported encoder (a set pretrained again with ``--force``) makes the entry stale, so it is
+recomputed instead of silently reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -44,15 +51,32 @@ def embed_pixels(encoder, pixels: np.ndarray, mean, std, batch_size: int = 64, d
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def compute_embeddings(root: str, set_name: str, task: str, batch_size: int = 64) -> str:
-    """Embed every chip of a task with one set's encoder; skip when cached. Returns the URI."""
+DIGEST_KEY = b"pw_ray.encoder_sha256"
+
+
+def encoder_digest(root: str, set_name: str) -> str:
+    """sha256 (hex, 16 chars) of a set's exported ``encoder.pt``: the checkpoint's identity."""
+    from pw_ray.pretrain.trainer import export_dir
+
+    data = storage.read_bytes(storage.join(export_dir(root, set_name), "encoder.pt"))
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def cached_digest(root: str, set_name: str, task: str) -> str | None:
+    """The encoder digest a cache entry was computed with (None: no entry, or written before digests)."""
+    uri = embeddings_uri(root, set_name, task)
+    if not storage.exists(uri):
+        return None
+    md = storage.read_table(uri, columns=["chip_id"]).schema.metadata or {}
+    return md.get(DIGEST_KEY, b"").decode() or None
+
+
+def embed_task(root: str, set_name: str, task: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(chip_ids (N,), embeddings (N, D) float32) of every chip of a task, computed now (no cache)."""
     import torch
 
     from pw_ray.pretrain.trainer import load_encoder
 
-    uri = embeddings_uri(root, set_name, task)
-    if storage.exists(uri):
-        return uri
     encoder, conf = load_encoder(root, set_name)
     table = S.read_set(root, task, columns=["chip_id", "pixels"])
     bands = S.shard_bands(table)
@@ -63,12 +87,30 @@ def compute_embeddings(root: str, set_name: str, task: str, batch_size: int = 64
     std = torch.tensor(conf["std"], dtype=torch.float32)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     emb = embed_pixels(encoder, pixels, mean, std, batch_size, device)
+    return table.column("chip_id").to_numpy(zero_copy_only=False), emb
+
+
+def compute_embeddings(root: str, set_name: str, task: str, batch_size: int = 64) -> str:
+    """Embed every chip of a task with one set's encoder, unless the cache holds this checkpoint's.
+
+    Returns the cache URI. An entry computed with another ``encoder.pt`` (or without a digest)
+    is recomputed and replaced atomically.
+    """
+    uri = embeddings_uri(root, set_name, task)
+    digest = encoder_digest(root, set_name)
+    have = cached_digest(root, set_name, task)
+    if have == digest:
+        return uri
+    if have is not None or storage.exists(uri):
+        log.info("embeddings %s/%s were computed with another checkpoint (%s, now %s): recomputing",
+                 set_name, task, have, digest)
+    ids, emb = embed_task(root, set_name, task, batch_size)
     out = pa.table({
-        "chip_id": table.column("chip_id"),
+        "chip_id": pa.array(ids, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]),
-    })
+    }).replace_schema_metadata({DIGEST_KEY: digest.encode()})
     storage.write_table(out, uri)
-    log.info("embedded %d chips of %s with %s → %s", len(emb), task, set_name, uri)
+    log.info("embedded %d chips of %s with %s (encoder %s) → %s", len(emb), task, set_name, digest, uri)
     return uri
 
 

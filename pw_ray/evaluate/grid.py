@@ -8,12 +8,23 @@ A cell is (pretraining set, task, task region, method, seed). Each trial:
    evaluates the cell and writes the result JSON atomically before reporting it.
 
 ``pw-ray evaluate`` restores the Tune experiment in ``runs/grid`` when it exists
-(``Tuner.restore(..., resume_errored=True)``) and otherwise starts it; afterwards all cell
-results are gathered into ``results/results.parquet``.
+(``Tuner.restore(..., resume_errored=True)``: finished trials are kept, interrupted and errored
+ones run again and skip at once if their result was stored before the interruption) and
+otherwise starts it. Cells the restored experiment does not cover (the config gained a set,
+a task, a region, a method or a seed; a trial that used up its retries) run in a follow-up
+experiment ``runs/grid-<digest>``. Afterwards all cell results are gathered into
+``results/results.parquet``.
+
+A stored result is tied to the checkpoint it was computed with (``encoder_sha256``): when a
+set's encoder is exported again, its cells are recomputed rather than reused.
+
+Test-only knob: ``PW_RAY_CELL_SLEEP_S`` (seconds) makes every trial sleep after recording its
+start, so tests can interrupt a grid while trials are running.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +42,11 @@ from pw_ray.evaluate import tasks as T
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ["pretrain_set", "task", "task_type", "task_region", "method", "seed", "status", "score",
-                  "accuracy", "macro_f1", "r2", "n_train", "n_test", "wall_s", "checkpoint", "reason"]
+                  "accuracy", "macro_f1", "r2", "n_train", "n_test", "wall_s", "checkpoint", "encoder_sha256",
+                  "reason"]
+
+#: Test-only: seconds each trial sleeps after recording its start (to interrupt a running grid).
+SLEEP_ENV = "PW_RAY_CELL_SLEEP_S"
 
 
 def cell_id(cell: dict) -> str:
@@ -40,6 +55,19 @@ def cell_id(cell: dict) -> str:
 
 def cell_uri(root: str, cell: dict) -> str:
     return storage.join(root, "runs", "cells", cell_id(cell) + ".json")
+
+
+def starts_uri(root: str, cell: dict) -> str:
+    """Folder of a cell's start markers: one file per time the cell was really evaluated."""
+    return storage.join(root, "runs", "cell_starts", cell_id(cell))
+
+
+def cell_starts(root: str, cell: dict) -> int:
+    """How many times a cell was really evaluated (started), from its markers.
+
+    Temp files of a marker write interrupted by a kill (``<uuid>.tmp-<hex>``) are not starts.
+    """
+    return sum(1 for u in storage.listdir(starts_uri(root, cell)) if ".tmp-" not in u.rsplit("/", 1)[-1])
 
 
 def grid_cells(cfg: ExperimentConfig) -> list[dict]:
@@ -57,28 +85,50 @@ def _split(table: pd.DataFrame, ids: np.ndarray, emb: np.ndarray, name: str):
     return emb[[pos[c] for c in part["chip_id"]]], part["label"].to_numpy()
 
 
+def skip_reason(table: pd.DataFrame, min_subset: int) -> str:
+    """Why a task-region subset cannot be evaluated ('' when it can)."""
+    n = len(table)
+    counts = table["split"].value_counts()
+    if n < min_subset:
+        return f"subset has {n} chips, fewer than evaluation.min_subset={min_subset}"
+    if counts.get("test", 0) == 0:
+        return f"subset has {n} chips but an empty test split"
+    if counts.get("train", 0) < 2:
+        return f"subset has {n} chips but {counts.get('train', 0)} in the train split (need ≥ 2)"
+    return ""
+
+
 def evaluate_cell(root: str, cell: dict, eval_cfg: dict) -> dict:
-    """Evaluate one cell (plain Python; Ray-free). Returns a result row."""
+    """Evaluate one cell (plain Python; Ray-free). Returns a result row.
+
+    A subset below ``eval_cfg["min_subset"]`` chips, or without test chips, is not evaluated:
+    the row says ``status="skipped"`` and why. kNN and linear probe read the cached embeddings
+    (``eval_cfg["cache_embeddings"]`` False recomputes them in the cell: benchmarking only).
+    """
+    from pw_ray.evaluate import embeddings as EMB
     from pw_ray.evaluate import methods as M
-    from pw_ray.evaluate.embeddings import read_embeddings
 
     t0 = time.perf_counter()
     row = {k: cell[k] for k in ("pretrain_set", "task", "task_type", "task_region", "method", "seed")}
     row.update(status="ok", reason="", score=np.nan, accuracy=np.nan, macro_f1=np.nan, r2=np.nan,
-               checkpoint=storage.join(root, "runs", "pretrain", cell["pretrain_set"], "export"))
+               checkpoint=storage.join(root, "runs", "pretrain", cell["pretrain_set"], "export"),
+               encoder_sha256="")
     table = T.region_subset(T.read_task(root, cell["task"]), cell["task_region"])
-    n_train = int((table["split"] == "train").sum())
-    n_test = int((table["split"] == "test").sum())
-    row.update(n_train=n_train, n_test=n_test)
-    if len(table) < eval_cfg["min_subset"] or n_test == 0 or n_train < 2:
-        row.update(status="skipped", reason=f"subset has {len(table)} chips (< {eval_cfg['min_subset']}) "
-                                            f"or an empty split", wall_s=time.perf_counter() - t0)
+    row.update(n_train=int((table["split"] == "train").sum()), n_test=int((table["split"] == "test").sum()))
+    reason = skip_reason(table, eval_cfg["min_subset"])
+    if reason:
+        row.update(status="skipped", reason=reason, wall_s=time.perf_counter() - t0)
         return row
     task_type = cell["task_type"]
     if task_type == "regression":
         table = table.assign(label=table["label"].astype(np.float64))
     if cell["method"] in ("knn", "linear"):
-        ids, emb = read_embeddings(root, cell["pretrain_set"], cell["task"])
+        if eval_cfg.get("cache_embeddings", True):
+            ids, emb = EMB.read_embeddings(root, cell["pretrain_set"], cell["task"])
+            row["encoder_sha256"] = EMB.cached_digest(root, cell["pretrain_set"], cell["task"]) or ""
+        else:
+            ids, emb = EMB.embed_task(root, cell["pretrain_set"], cell["task"])
+            row["encoder_sha256"] = EMB.encoder_digest(root, cell["pretrain_set"])
         xtr, ytr = _split(table, ids, emb, "train")
         xva, yva = _split(table, ids, emb, "val")
         xte, yte = _split(table, ids, emb, "test")
@@ -88,6 +138,7 @@ def evaluate_cell(root: str, cell: dict, eval_cfg: dict) -> dict:
             pred, _ = M.linear_probe(xtr, ytr, xva, yva, xte, task_type, seed=cell["seed"])
     else:
         pred, yte = _finetune_cell(root, cell, table, eval_cfg)
+        row["encoder_sha256"] = EMB.encoder_digest(root, cell["pretrain_set"])
     row.update(M.metrics(yte, pred, task_type))
     row["wall_s"] = time.perf_counter() - t0
     return row
@@ -130,7 +181,10 @@ def run_cell_trial(config: dict) -> None:
         row = json.loads(storage.read_text(uri))
         tune.report({"score": _finite(row["score"]), "reused": True})
         return
-    storage.write_text(storage.join(root, "runs", "cell_starts", cell_id(cell), uuid.uuid4().hex), str(os.getpid()))
+    storage.write_text(storage.join(starts_uri(root, cell), uuid.uuid4().hex), str(os.getpid()))
+    sleep_s = float(os.environ.get(SLEEP_ENV, "0") or 0)
+    if sleep_s > 0:
+        time.sleep(sleep_s)
     row = evaluate_cell(root, cell, config["eval"])
     storage.write_text(uri, json.dumps(row, default=_json_default))
     tune.report({"score": _finite(row["score"]), "reused": False})
@@ -160,15 +214,62 @@ def _resources(eval_cfg: dict):
     return fn
 
 
-def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> None:
-    """Run (or resume) the Tune experiment over the cells not finished yet."""
+def drop_stale_results(root: str, cells: list[dict]) -> list[str]:
+    """Remove stored results computed with another checkpoint than the set's current export.
+
+    Returns the ids of the dropped cells (they run again). Results without a digest (skipped
+    cells, results written before digests existed) are kept.
+    """
+    from pw_ray.evaluate.embeddings import encoder_digest
+
+    digests: dict[str, str] = {}
+    dropped = []
+    for c in cells:
+        uri = cell_uri(root, c)
+        if not storage.exists(uri):
+            continue
+        have = json.loads(storage.read_text(uri)).get("encoder_sha256")
+        s = c["pretrain_set"]
+        if s not in digests:
+            digests[s] = encoder_digest(root, s)
+        if have and have != digests[s]:
+            storage.remove(uri)
+            dropped.append(cell_id(c))
+    if dropped:
+        log.info("evaluate: %d cell results were computed with an older checkpoint and run again (first: %s)",
+                 len(dropped), dropped[0])
+    return dropped
+
+
+def _tuner(trainable, cfg: ExperimentConfig, cells: list[dict], name: str, storage_path: str, eval_cfg: dict):
+    from ray import tune
+
+    from pw_ray.evaluate.progress import GridProgress
+
+    return tune.Tuner(
+        trainable,
+        param_space={"root": storage.resolve(cfg.root), "eval": eval_cfg, "cell": tune.grid_search(cells)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.evaluation.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
+                                  callbacks=[GridProgress(storage.resolve(cfg.root), [cell_id(c) for c in cells])],
+                                  failure_config=tune.FailureConfig(max_failures=2)),
+    )
+
+
+def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> dict:
+    """Run (or resume) the Tune experiment over the cells not finished yet.
+
+    Returns ``{"cells", "finished_before", "restored", "follow_up"}`` for logging and tests.
+    """
     from ray import tune
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # see RAY_NOTES: lose at most 1 s of state
+    drop_stale_results(cfg.root, cells)
     todo = [c for c in cells if not storage.exists(cell_uri(cfg.root, c))]
+    info = {"cells": len(cells), "finished_before": len(cells) - len(todo), "restored": False, "follow_up": None}
     if not todo:
         log.info("evaluate: all %d cells finished, nothing to run", len(cells))
-        return
+        return info
     eval_cfg = cfg.evaluation.model_dump()
     storage_path = storage.resolve(storage.join(cfg.root, "runs"))
     path = storage.join(storage_path, "grid")
@@ -176,16 +277,26 @@ def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> None:
     if tune.Tuner.can_restore(path):
         log.info("evaluate: restoring the grid at %s (%d of %d cells left)", path, len(todo), len(cells))
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
+        info["restored"] = True
     else:
         log.info("evaluate: starting a grid of %d cells (%d left)", len(cells), len(todo))
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"root": storage.resolve(cfg.root), "eval": eval_cfg, "cell": tune.grid_search(cells)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.evaluation.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name="grid", storage_path=storage_path, verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=2)),
-        )
+        tuner = _tuner(trainable, cfg, cells, "grid", storage_path, eval_cfg)
     tuner.fit()
+    left = [c for c in cells if not storage.exists(cell_uri(cfg.root, c))]
+    if left:
+        # Cells the (restored) experiment does not cover, or whose trials ran out of retries:
+        # a follow-up experiment named after exactly these cells, so rerunning resumes it too.
+        digest = hashlib.sha256("\n".join(sorted(cell_id(c) for c in left)).encode()).hexdigest()[:10]
+        name = f"grid-{digest}"
+        log.info("evaluate: %d cells not covered by %s; running them in runs/%s", len(left), path, name)
+        follow = storage.join(storage_path, name)
+        if tune.Tuner.can_restore(follow):
+            tuner = tune.Tuner.restore(follow, trainable, resume_errored=True, restart_errored=False)
+        else:
+            tuner = _tuner(trainable, cfg, left, name, storage_path, eval_cfg)
+        tuner.fit()
+        info["follow_up"] = name
+    return info
 
 
 def collect_results(cfg: ExperimentConfig, cells: list[dict]) -> pd.DataFrame:
@@ -203,3 +314,12 @@ def collect_results(cfg: ExperimentConfig, cells: list[dict]) -> pd.DataFrame:
     storage.write_table(pa.Table.from_pandas(df, preserve_index=False),
                         storage.join(cfg.root, "results", "results.parquet"))
     return df
+
+
+def skipped_summary(df: pd.DataFrame) -> list[str]:
+    """One line per (task, task region) skipped, with the reason: what `pw-ray evaluate` reports."""
+    sk = df[df["status"] == "skipped"]
+    out = []
+    for (task, region), g in sk.groupby(["task", "task_region"], sort=True):
+        out.append(f"{task}/{region}: {g['reason'].iloc[0]} ({len(g)} cells skipped)")
+    return out
