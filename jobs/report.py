@@ -2,6 +2,10 @@
 
 A thin entrypoint: parses the arguments, runs the report stage, exits non-zero on failure
 with the reason on the last line. Resubmitting resumes (the stage is idempotent).
+
+``--config`` is a path or URI (``file://``, ``s3://``, ``gs://``); ``--root`` overrides the config's
+storage root. Exit status: 0 done (or already done); 1 the stage failed; 2 bad arguments or
+config. The last line of a failed job's logs: ``pw-ray report failed: <Error>: <message>``.
 """
 
 import os

@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as err:
-        print(f"pw-ray: {err}", file=sys.stderr)
+        from pw_ray.runtime import failure_reason
+
+        if "\n" in str(err):  # the field-by-field listing, then the reason on one (last) line
+            print(f"pw-ray: {err}", file=sys.stderr)
+        print(f"pw-ray {args.command} failed: {failure_reason(err)}", file=sys.stderr, flush=True)
         return 2
     if args.command == "validate":
         from pw_ray.config import dump_config
@@ -72,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_config(cfg))
         return 0
     from pw_ray import experiment as E
-    from pw_ray.runtime import ensure_ray
+    from pw_ray.runtime import ensure_ray, failure_reason, shutdown_ray
 
-    ensure_ray()
     t0 = time.perf_counter()
+    started_ray = False
     try:
+        # Inside the try: a cluster that cannot be reached is a failure with a reason too.
+        started_ray = ensure_ray()
+        log.info("pw-ray %s: config %s, root %s", args.command, args.config, cfg.root)
         if args.command in ("demo", "run"):
             path = E.run_all(cfg, force=args.force)
             print(f"done in {time.perf_counter() - t0:.0f}s — report: {path}", flush=True)
@@ -94,8 +101,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {E.report(cfg, args.force)}")
     except Exception as err:
         log.exception("%s failed", args.command)
-        print(f"pw-ray {args.command} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        # The reason must be the last line of the output (`ray job logs`, the job's status
+        # message): stop Ray first, since its log streaming and shutdown print after us otherwise.
+        if started_ray:  # never a Ray this process had before main() was called
+            shutdown_ray()
+        sys.stdout.flush()
+        print(f"pw-ray {args.command} failed: {failure_reason(err)}", file=sys.stderr, flush=True)
         return 1
+    log.info("pw-ray %s: finished in %.0fs", args.command, time.perf_counter() - t0)
     return 0
 
 
