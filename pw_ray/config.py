@@ -101,7 +101,15 @@ class StacSource(_Strict):
     datetime: str = "2023-01-01/2023-12-31"
     max_cloud_cover: float = Field(20.0, ge=0, le=100, description="eo:cloud_cover limit, percent")
     max_items: int = Field(5, gt=0, description="scenes considered per point")
+    seasons: int = Field(1, ge=1, description="chips per point: the date range is split into this many equal "
+                                             "windows and the best scene of each gives one chip, "
+                                             "chip_id '<point_id>-s<k>' (1: one chip, chip_id = point_id)")
     synthetic: SyntheticArchive = SyntheticArchive()
+    # Point labels for real catalogs (the synthetic archive ships its own; these override it).
+    biome_path: str | None = Field(None, description="GeoJSON FeatureCollection of biome polygons with a 'biome' "
+                                                     "property (path or URI), e.g. RESOLVE Ecoregions 2017")
+    landcover: str | None = Field(None, description="land-cover raster (local path or URI, ESA WorldCover codes) "
+                                                    "read at each point")
     # HTTP behaviour
     retries: int = Field(5, ge=0)
     backoff_s: float = Field(0.5, ge=0)
@@ -123,6 +131,13 @@ class ChipSpec(_Strict):
     resampling: Literal["bilinear", "nearest", "cubic", "average"] = "bilinear"
     chunk_size: int = Field(256, gt=0, description="chips per Parquet file / tar")
     webdataset: bool = True
+    min_spacing_m: float = Field(0.0, ge=0, description="minimum great-circle distance between the planned points "
+                                                        "of a set (no duplicate locations); e.g. size_px × "
+                                                        "resolution_m × √2 keeps chips from overlapping")
+    ingest_parallelism: int | None = Field(
+        None, gt=0, description="ingest tasks in flight at once; unset: max(cluster CPUs now, work units "
+                                "capped at 64), so a cluster that starts with no worker CPUs still sees "
+                                "enough pending tasks for the autoscaler to add CPU workers")
 
     @field_validator("bands")
     @classmethod
@@ -141,6 +156,9 @@ class ModelSpec(_Strict):
     mask_ratio: float = Field(0.75, gt=0, lt=1)
     groups: list[list[str]] = Field(default_factory=lambda: [list(g) for g in B.SATMAE_GROUPS])
     norm_pix_loss: bool = False
+    normalization: Literal["fmow", "set"] = Field(
+        "fmow", description="per-band clip/scale statistics: SatMAE's fMoW-Sentinel ones, or recomputed "
+                            "from the pretraining set's shards (saved in the export's config.json)")
 
     @field_validator("groups")
     @classmethod
@@ -160,6 +178,10 @@ class TrainSpec(_Strict):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per worker, e.g. {accelerator_type:H100: 0.001}")
+    compile: bool = Field(False, description="torch.compile the model in each worker")
+    shuffle_buffer: int = Field(256, ge=0, description="chips per worker in the local shuffle buffer (0: off)")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
@@ -171,8 +193,16 @@ class TaskSpec(_Strict):
     kind: Literal["synthetic-landcover", "synthetic-population", "points", "fmow", "geobench"]
     path: str | None = None
     size: int = Field(400, gt=0, description="labelled chips (synthetic and points)")
+    max_chips: int | None = Field(None, gt=0, description="fmow, geobench: seeded sample of at most this many "
+                                                          "images, stratified by split and label; all when unset")
     seed: int = 0
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+
+    @model_validator(mode="after")
+    def _path(self):
+        if self.kind in ("points", "fmow", "geobench") and not self.path:
+            raise ValueError(f"tasks kind {self.kind!r} needs a path (labelled points file or dataset folder)")
+        return self
 
     @property
     def task_type(self) -> str:
@@ -187,6 +217,8 @@ class EvalSpec(_Strict):
     min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
     include_zero: bool = True
     finetune_epochs: int = Field(2, gt=0)
+    cache_embeddings: bool = Field(True, description="kNN/linear read embeddings cached per (checkpoint, task); "
+                                                     "false recomputes them in every cell (benchmarks only)")
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_probe: float = Field(0, ge=0)
     gpus_per_finetune: float = Field(0, ge=0)
@@ -202,7 +234,9 @@ class AnalysisSpec(_Strict):
     spectral_bins: int = Field(16, gt=1)
     spectral_clusters: int = Field(32, gt=1)
     bootstrap: int = Field(1000, ge=0)
-    external_sets: str | None = None
+    external_sets: str | None = Field(
+        None, description="CSV (path or URI) of sets pw-ray did not build: name, diversity values in nats, "
+                          "per-task scores; shown beside the measured sets (README: External sets)")
 
 
 class ExperimentConfig(_Strict):

@@ -73,7 +73,15 @@ def source(cfg: ExperimentConfig) -> Source:
     from pw_ray.ingest.search import searcher_for
 
     if cfg.stac.kind != "synthetic":
-        return Source(searcher_for(cfg.stac), adapter_for(cfg.stac.catalog), None, None, {}, [], [])
+        lc_hrefs, codes, names = {}, [], []
+        if cfg.stac.landcover:
+            from pw_ray import synthetic
+
+            names = list(synthetic.LANDCOVER_CLASSES)
+            codes = [synthetic.WORLDCOVER_CODES[n] for n in names]
+            lc_hrefs = {"landcover": cfg.stac.landcover}
+        return Source(searcher_for(cfg.stac), adapter_for(cfg.stac.catalog), None, cfg.stac.biome_path,
+                      lc_hrefs, codes, names)
     from shapely.geometry import shape
 
     from pw_ray import synthetic
@@ -97,7 +105,10 @@ def source(cfg: ExperimentConfig) -> Source:
     names = list(synthetic.LANDCOVER_CLASSES)
     codes = [synthetic.WORLDCOVER_CODES[n] for n in names]
     searcher = searcher_for(cfg.stac, archive_items_uri=str(info.items_path))
-    return Source(searcher, adapter_for(cfg.stac.catalog), coverage, str(info.biomes_path), lc_hrefs, codes, names)
+    if cfg.stac.landcover:
+        lc_hrefs = {"landcover": cfg.stac.landcover}
+    return Source(searcher, adapter_for(cfg.stac.catalog), coverage, cfg.stac.biome_path or str(info.biomes_path),
+                  lc_hrefs, codes, names)
 
 
 def _landcover_at(src: Source):
@@ -154,13 +165,18 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
             log.info("plan %s: points exist, keeping them", name)
             continue
         if kind == "pretrain":
-            pts = plan_set(spec, src.coverage, biome_path=src.biome_path, landcover=lc)
+            pts = plan_set(spec, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
         elif spec.kind in ("synthetic-landcover", "synthetic-population"):
             # A task's points: an equal mix of the six continents, its own seed.
             pset = PretrainSet(name=name, region="global", size=spec.size, seed=spec.seed + 10_000)
-            pts = plan_set(pset, src.coverage, biome_path=src.biome_path, landcover=lc)
+            pts = plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
         elif spec.kind == "points":
             pts = label_points(points_from_csv(spec.path, name, spec.seed), src.biome_path, lc)
+        elif spec.kind in ("fmow", "geobench"):
+            # Imported benchmarks: their own index, split and images; no STAC search.
+            from pw_ray.evaluate.builders import plan_imported
+
+            pts = plan_imported(spec)
         else:
             raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {name})")
         storage.write_table(pa.Table.from_pandas(pts, preserve_index=False), uri)
@@ -180,6 +196,14 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
     summaries = {}
     for name, kind, spec in _point_sets(cfg):
         pts = storage.read_table(storage.join(cfg.root, "points", f"{name}.parquet")).to_pandas()
+        if kind == "task" and spec.kind in ("fmow", "geobench"):
+            # Imported benchmarks: chips straight from their images, their own split kept.
+            from pw_ray.evaluate.builders import ingest_imported
+
+            s = ingest_imported(cfg.root, spec, pts, cfg.chips)
+            summaries[name] = s.__dict__
+            print(f"ingest {s.line()}", flush=True)
+            continue
         s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover_hrefs,
                        src.lc_codes, src.lc_names)
         summaries[name] = s.__dict__
@@ -199,7 +223,10 @@ def pretrain(cfg: ExperimentConfig, force: bool = False) -> None:
     out = {}
     for s in cfg.pretrain_sets:
         out[s.name] = pretrain_set(cfg, s.name)
-        print(f"pretrain {s.name}: {out[s.name].get('steps')} steps", flush=True)
+        r = out[s.name]
+        resumed = f", resumed at step {r['start_step']}" if r.get("start_step") else ""
+        loss = f", final loss {r['final_loss']:.4f}" if r.get("final_loss") is not None else ""
+        print(f"pretrain {s.name}: {r.get('steps')} steps{resumed}{loss}", flush=True)
     if cfg.evaluation.include_zero:
         out["zero"] = export_zero(cfg)
     _mark(cfg, "pretrain", t0, runs=out)
@@ -209,7 +236,7 @@ def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
     import ray
 
     from pw_ray.evaluate.embeddings import compute_embeddings
-    from pw_ray.evaluate.grid import collect_results, grid_cells, run_grid
+    from pw_ray.evaluate.grid import collect_results, grid_cells, run_grid, skipped_summary
 
     if _skip(cfg, "evaluate", force):
         return storage.read_table(storage.join(cfg.root, "results", "results.parquet")).to_pandas()
@@ -217,7 +244,7 @@ def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
     cells = grid_cells(cfg)
     sets = sorted({c["pretrain_set"] for c in cells})
     needs = [(s, t.name) for s in sets for t in cfg.tasks
-             if any(m in ("knn", "linear") for m in cfg.evaluation.methods)]
+             if cfg.evaluation.cache_embeddings and any(m in ("knn", "linear") for m in cfg.evaluation.methods)]
     gpu = cfg.evaluation.gpus_per_probe
     embed = ray.remote(num_cpus=1, num_gpus=gpu)(compute_embeddings)
     refs = [embed.remote(cfg.root, s, t) for s, t in needs]
@@ -226,7 +253,9 @@ def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
     run_grid(cfg, cells)
     df = collect_results(cfg, cells)
     ok = df[df["status"] == "ok"]
-    print(f"evaluate: {len(ok)} cells scored, {len(df) - len(ok)} skipped (subset too small)", flush=True)
+    print(f"evaluate: {len(ok)} cells scored, {len(df) - len(ok)} skipped", flush=True)
+    for line in skipped_summary(df):
+        print(f"evaluate: skipped {line}", flush=True)
     _mark(cfg, "evaluate", t0, cells=len(df))
     return df
 
@@ -256,8 +285,8 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
         files = S.shard_files(cfg.root, s.name)
         shape = json.loads(storage.read_table(files[0]).schema.metadata[b"pw_ray.shape"])
         fs, _ = storage.filesystem(files[0])
-        ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs,
-                                   columns=["pixels", "region", "biome", "landcover"])
+        ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs).select_columns(
+            ["pixels", "region", "biome", "landcover"])
         for batch in ds.iter_batches(batch_size=128, batch_format="pyarrow"):  # streams: never the whole set
             col = batch.column("pixels").combine_chunks()
             px = col.values.to_numpy(zero_copy_only=False).reshape(len(batch), *shape)
@@ -270,14 +299,25 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
     results = storage.read_table(storage.join(cfg.root, "results", "results.parquet")).to_pandas()
     ok = results[results["status"] == "ok"]
     method = "linear" if "linear" in set(ok["method"]) else str(ok["method"].iloc[0])
-    table = ST.main_table(ok, method=method, task_region="global")
+    ext = None
+    if a.external_sets:  # published sets beside the measured ones; a validated copy for the report
+        from pw_ray.analyze.external import read_external_sets
+
+        ext = read_external_sets(a.external_sets)
+        ext.check_against([s.name for s in cfg.pretrain_sets] + ["zero"], [t.name for t in cfg.tasks])
+        storage.write_table(pa.Table.from_pandas(ext.table, preserve_index=False),
+                            storage.join(cfg.root, "results", "external_sets.parquet"))
+    table = ST.main_table(ok, method=method, task_region="global", extra=None if ext is None else ext.scores)
     perf = table.set_index("pretrain_set")["mean_performance"]
-    corr = ST.diversity_correlations(div, perf, n_boot=a.bootstrap, seed=0)
+    div_all = div if ext is None else pd.concat([div, ext.diversity], ignore_index=True)
+    corr = ST.correlation_table(div_all, perf, external=[] if ext is None else ext.names, n_boot=a.bootstrap, seed=0)
     storage.write_table(pa.Table.from_pandas(corr, preserve_index=False),
                         storage.join(cfg.root, "results", "correlations.parquet"))
     for r in corr.itertuples(index=False):
         print(f"analyze: {r.measure:>28s}  Spearman ρ = {r.spearman_rho:+.2f} "
-              f"[{r.spearman_ci_low:+.2f}, {r.spearman_ci_high:+.2f}]", flush=True)
+              f"[{r.spearman_ci_low:+.2f}, {r.spearman_ci_high:+.2f}] p = {r.spearman_p:.3f} "
+              f"(permutation {r.spearman_p_perm:.3f})  "
+              f"n = {r.n} ({r.sets} sets, {r.n_external} external)", flush=True)
     _mark(cfg, "analyze", t0)
 
 
@@ -303,9 +343,14 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
         counts.append({"pretrain_set": s.name, **{k: int(c.get(k, 0)) for k in ("ok", "skipped", "failed")}})
     from importlib.resources import files as pkg_files
 
+    external = None
+    if cfg.analysis.external_sets:  # the copy analyze validated, so report and correlations agree
+        from pw_ray.analyze.external import parse_external_sets
+
+        external = parse_external_sets(res("external_sets.parquet"), origin=cfg.analysis.external_sets)
     local_out = storage.to_local_dir(out)  # report rendering needs a local folder
     path = write_report(
-        local_out, results=res("results.parquet"), diversity=res("diversity.parquet"),
+        local_out, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
         correlations=res("correlations.parquet"), points=points, chips_by_set=chips_by_set,
         manifest_counts=pd.DataFrame(counts).set_index("pretrain_set"),
         continents_path=str(pkg_files("pw_ray") / "data" / "continents.geojson"),

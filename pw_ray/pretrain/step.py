@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 NO_DECAY_NAMES = frozenset({"cls_token", "mask_token", "pos_embed", "decoder_pos_embed"})
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:
         inner = getattr(model, "module", None)
@@ -96,7 +96,7 @@ def train_step(
     drives the augmentation, ``mask_noise`` (B, G·L) fixes the mask; both are for
     reproducibility. Returns the micro-batch's unscaled loss and the lr used.
     """
-    bare = _unwrap(model)
+    bare = unwrap(model)
     device = next(bare.parameters()).device
     last = micro_step == accum_steps - 1
 
@@ -147,7 +147,7 @@ def train_plain(
     Batches are drawn without replacement from a reshuffled order each pass, on the model's
     device. ``lr`` defaults to :func:`effective_lr` of ``blr`` for one worker.
     """
-    device = next(_unwrap(model).parameters()).device
+    device = next(unwrap(model).parameters()).device
     data = torch.as_tensor(tensors).to(device)
     if not 0 < batch_size <= len(data):
         raise ValueError(f"batch_size must be in [1, {len(data)}] for {len(data)} chips, got {batch_size}")

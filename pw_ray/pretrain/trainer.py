@@ -2,9 +2,19 @@
 
 The loop is a plain function (:func:`train_loop_per_worker`); the model, the schedule and the
 step come from :mod:`pw_ray.models.satmae` and :mod:`pw_ray.pretrain.step` and run without Ray.
-Checkpoints go to ``<root>/runs/pretrain/<set>/`` every ``train.checkpoint_every`` steps;
-a new ``fit()`` with the same run name resumes from the latest one (driver restart), and
-``FailureConfig`` restarts the worker group from it when a worker or node dies.
+
+Everything of a run lives in ``<root>/runs/pretrain/<set>/`` (Ray Train's run dir):
+
+* ``checkpoint_*/state.pt`` every ``train.checkpoint_every`` optimizer steps (model, optimizer,
+  step, epoch, batches done in the epoch), the last ``train.keep_checkpoints`` kept;
+* ``tensorboard/`` loss, lr, samples/s and peak memory every ``train.log_every`` steps;
+* ``normalization.json`` the per-band statistics the run normalises with;
+* ``export/`` the encoder (``encoder.pt`` + ``config.json``) and ``summary.json``.
+
+A new ``fit()`` with the same run name resumes from the latest checkpoint (a restarted driver,
+or a config with more steps), and ``FailureConfig`` restarts the worker group from it when a
+worker or a node dies. The learning rate is a function of the step, so the step restores the
+schedule.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import os
 import tempfile
 import time
 
-import numpy as np
+import pyarrow.parquet as pq
 
 from pw_ray import storage
 from pw_ray.config import ExperimentConfig
@@ -24,6 +34,7 @@ from pw_ray.ingest import shards as S
 log = logging.getLogger(__name__)
 
 ZERO = "zero"  # the random-encoder baseline
+STATE_FILE = "state.pt"
 
 
 def run_dir(root: str, set_name: str) -> str:
@@ -34,6 +45,12 @@ def export_dir(root: str, set_name: str) -> str:
     return storage.join(run_dir(root, set_name), "export")
 
 
+def tensorboard_dir(root: str, set_name: str) -> str:
+    from pw_ray.pretrain.metrics import TB_DIR
+
+    return storage.join(run_dir(root, set_name), TB_DIR)
+
+
 def _pixels_to_numpy(batch, shape):
     """Ray Data batch (pyarrow) → {"pixels": (N, C, H, W) uint16}."""
     col = batch.column("pixels").combine_chunks()
@@ -41,208 +58,316 @@ def _pixels_to_numpy(batch, shape):
     return {"pixels": flat.reshape(len(batch), *shape)}
 
 
+# ----------------------------------------------------------------------------- the worker loop
+def _build_model(config: dict):
+    from pw_ray.models.satmae import build_mae
+
+    return build_mae(config["preset"], config["bands"], config["groups"], img_size=config["img_size"],
+                     patch_size=config["patch_size"], norm_pix_loss=config["norm_pix_loss"])
+
+
 def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: resume, then train on this worker's stream of the set until ``total_steps``."""
     import ray.train
     import ray.train.torch
     import torch
+    import torch.distributed as dist
 
-    from pw_ray.models.satmae import build_mae
     from pw_ray.pretrain import step as St
-    from pw_ray.pretrain.transforms import stats_for
+    from pw_ray.pretrain.metrics import MetricsLog, peak_rss_mb
 
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(config["seed"] + rank)
 
-    model = build_mae(config["preset"], config["bands"], config["groups"], img_size=config["img_size"],
-                      patch_size=config["patch_size"], norm_pix_loss=config["norm_pix_loss"])
-    model.to(device)
-    lr = St.effective_lr(config["blr"], config["batch_size"], config["accum_steps"], world)
-    optimizer = St.make_optimizer(model, lr, config["weight_decay"])
-    step, epoch, batches_done = 0, 0, 0
+    model = _build_model(config).to(device)
+    base_lr = St.effective_lr(config["blr"], config["batch_size"], config["accum_steps"], world)
+    optimizer = St.make_optimizer(model, base_lr, config["weight_decay"])
+    step = epoch = batches_done = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=False)
+            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
         log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, step, epoch, batches_done)
+    start_step = last_ckpt_step = step
     if world > 1:
         model = ray.train.torch.prepare_model(model, move_to_device=False)
-    core = getattr(model, "module", model)
-    mean, std = stats_for(config["bands"])
-    mean, std = mean.to(device), std.to(device)
+    if config["compile"]:
+        model = torch.compile(model)
+    core = St.unwrap(model)
+    mean = torch.tensor(config["mean"], dtype=torch.float32, device=device)
+    std = torch.tensor(config["std"], dtype=torch.float32, device=device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    total = config["total_steps"]
-    warmup = config["warmup_steps"]
+    total, accum = config["total_steps"], config["accum_steps"]
+    global_batch = config["batch_size"] * accum * world
+    metrics_log = MetricsLog(config["tensorboard_uri"]) if rank == 0 and config["tensorboard_uri"] else None
     shard = ray.train.get_dataset_shard("train")
-    accum = config["accum_steps"]
-    t0, seen = time.perf_counter(), 0
+    window = {"t": time.perf_counter(), "steps": 0, "loss": 0.0, "n": 0, "wait": 0.0}
 
-    def save_and_report(metrics: dict, final: bool = False) -> None:
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                            "epoch": epoch, "batches_in_epoch": batches_done,
-                            "config": {k: v for k, v in config.items() if k != "shape"}},
-                           os.path.join(d, "state.pt"))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
+    def report(checkpoint: bool) -> None:
+        """Metrics of the steps since the last report (every rank calls this at the same steps)."""
+        nonlocal last_ckpt_step
+        now = time.perf_counter()
+        loss = torch.tensor([window["loss"] / max(window["n"], 1)], device=device)
+        if world > 1:
+            dist.all_reduce(loss)
+            loss /= world
+        metrics = {"step": step, "epoch": epoch, "start_step": start_step, "loss": float(loss),
+                   "lr": St.lr_at(step - 1, total, config["warmup_steps"], base_lr),
+                   "samples_per_s": window["steps"] * global_batch / max(now - window["t"], 1e-9),
+                   "data_wait_frac": window["wait"] / max(now - window["t"], 1e-9),  # time blocked on the stream
+                   "peak_rss_mb": peak_rss_mb()}
+        window.update(t=now, steps=0, loss=0.0, n=0, wait=0.0)
+        if metrics_log:
+            metrics_log.write(step, {k: metrics[k] for k in ("loss", "lr", "samples_per_s", "data_wait_frac",
+                                                               "epoch", "peak_rss_mb")})
+        if checkpoint:
+            last_ckpt_step = step
+        if not (checkpoint and rank == 0):  # only rank 0 uploads; every rank reports
             ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "epoch": epoch, "batches_in_epoch": batches_done, "config": config},
+                       os.path.join(d, STATE_FILE))
+            if metrics_log:
+                metrics_log.sync()
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     while step < total and epoch < config["epochs"]:
-        it = shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
-                                      local_shuffle_buffer_size=config["shuffle_buffer"] or None,
-                                      local_shuffle_seed=config["seed"] + epoch)
+        batches = shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
+                                           local_shuffle_buffer_size=config["shuffle_buffer"] or None,
+                                           local_shuffle_seed=config["seed"] + epoch)
+        optimizer.zero_grad(set_to_none=True)  # an epoch that ended mid-accumulation leaves no gradient behind
         micro = 0
-        for b_idx, batch in enumerate(it):
-            if b_idx < batches_done:  # resumed mid-epoch: skip what was already trained on
+        ready = time.perf_counter()
+        for b_idx, batch in enumerate(batches):
+            if b_idx < batches_done:  # resumed mid-epoch: skip as many batches as were trained on
                 continue
-            x = batch["pixels"].to(device, non_blocking=True)
-            out = St.train_step(core if world == 1 else model, x, optimizer, step=step,
-                                lr=St.lr_at(step, total, warmup, lr), mean=mean, std=std,
+            window["wait"] += time.perf_counter() - ready
+            out = St.train_step(model, batch["pixels"], optimizer, step=step,
+                                lr=St.lr_at(step, total, config["warmup_steps"], base_lr), mean=mean, std=std,
                                 mask_ratio=config["mask_ratio"], accum_steps=accum, micro_step=micro,
                                 grad_clip=config["grad_clip"], autocast_dtype=autocast)
-            seen += x.shape[0]
+            window["loss"] += out["loss"]
+            window["n"] += 1
+            ready = time.perf_counter()
             batches_done = b_idx + 1
             micro = (micro + 1) % accum
             if micro:
                 continue
             step += 1
-            metrics = {"step": step, "epoch": epoch, "loss": out["loss"], "lr": out["lr"],
-                       "samples_per_s": seen * world / max(time.perf_counter() - t0, 1e-9)}
+            window["steps"] += 1
             if step % config["checkpoint_every"] == 0 or step >= total:
-                save_and_report(metrics)
+                report(checkpoint=True)
             elif step % config["log_every"] == 0:
-                ray.train.report(metrics)
+                report(checkpoint=False)
             if step >= total:
                 break
+            ready = time.perf_counter()
         else:
             epoch, batches_done = epoch + 1, 0
             continue
         break
-    if step % config["checkpoint_every"] != 0 and step < total:
-        save_and_report({"step": step, "epoch": epoch, "loss": float("nan"), "lr": 0.0, "samples_per_s": 0.0})
+    if step > last_ckpt_step:  # the data ran out between checkpoints: keep what was trained
+        report(checkpoint=True)
+    if metrics_log:
+        metrics_log.close()
 
 
+# ----------------------------------------------------------------------------- the driver
 def steps_per_epoch(n_chips: int, batch_size: int, workers: int, accum: int) -> int:
     return max(1, n_chips // (batch_size * workers * accum))
 
 
-def loop_config(cfg: ExperimentConfig, set_name: str, n_chips: int) -> dict:
+def total_steps(cfg: ExperimentConfig, n_chips: int) -> int:
+    """Optimizer steps of the whole run: ``epochs`` over the set, capped by ``max_steps``."""
+    t = cfg.train
+    spe = steps_per_epoch(n_chips, t.batch_size, t.num_workers, t.accum_steps)
+    return min(spe * t.epochs, t.max_steps) if t.max_steps else spe * t.epochs
+
+
+def loop_config(cfg: ExperimentConfig, set_name: str, n_chips: int, normalization: dict) -> dict:
+    """Everything a worker needs, as plain values (it is pickled to every worker and saved in checkpoints)."""
     t, m = cfg.train, cfg.model
     spe = steps_per_epoch(n_chips, t.batch_size, t.num_workers, t.accum_steps)
-    total = min(spe * t.epochs, t.max_steps) if t.max_steps else spe * t.epochs
+    total = total_steps(cfg, n_chips)
     return dict(
         set_name=set_name, preset=m.preset, bands=list(cfg.chips.bands), groups=[list(g) for g in m.groups],
         img_size=cfg.chips.size_px, patch_size=m.patch_size, norm_pix_loss=m.norm_pix_loss,
         mask_ratio=m.mask_ratio, blr=t.blr, weight_decay=t.weight_decay, batch_size=t.batch_size,
-        accum_steps=t.accum_steps, epochs=max(t.epochs, -(-total // spe)), total_steps=total,
+        accum_steps=t.accum_steps, epochs=t.epochs, total_steps=total,
         warmup_steps=int(t.warmup_epochs * spe), grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
         log_every=t.log_every, seed=cfg.pretrain_set(set_name).seed if set_name != ZERO else 0,
-        shuffle_buffer=min(256, max(0, n_chips // 4)),
+        shuffle_buffer=min(t.shuffle_buffer, n_chips // 4), compile=t.compile,
+        mean=list(normalization["mean"]), std=list(normalization["std"]),
+        tensorboard_uri=storage.resolve(tensorboard_dir(cfg.root, set_name)),
     )
 
 
-def pretrain_set(cfg: ExperimentConfig, set_name: str) -> dict:
-    """Pretrain one set with Ray Train and export its encoder. Resumes; skips when exported."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    out = export_dir(cfg.root, set_name)
-    if storage.exists(storage.join(out, "config.json")):
-        log.info("pretrain %s: encoder already exported at %s, skipping", set_name, out)
-        return json.loads(storage.read_text(storage.join(out, "summary.json")))
+def _shards(cfg: ExperimentConfig, set_name: str):
+    """(pyarrow filesystem, paths in it, chip shape (C, H, W), number of chips) from Parquet footers only."""
     files = S.shard_files(cfg.root, set_name)
     if not files:
         raise FileNotFoundError(f"pretrain {set_name}: no shards under {cfg.root}/shards/{set_name}; run ingest first")
-    table0 = storage.read_table(files[0], columns=["chip_id"])
-    shape = json.loads(storage.read_table(files[0]).schema.metadata[b"pw_ray.shape"])
-    n_chips = sum(storage.read_table(f, columns=["chip_id"]).num_rows for f in files)
-    del table0
     fs, _ = storage.filesystem(files[0])
     paths = [storage.filesystem(f)[1] for f in files]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["pixels"], shuffle="files")
-    ds = ds.map_batches(_pixels_to_numpy, fn_kwargs={"shape": shape}, batch_format="pyarrow",
-                        batch_size=256)
-    lc = loop_config(cfg, set_name, n_chips)
+    shape = json.loads(pq.read_schema(paths[0], filesystem=fs).metadata[b"pw_ray.shape"])
+    n_chips = sum(pq.read_metadata(p, filesystem=fs).num_rows for p in paths)
+    return fs, paths, shape, n_chips
+
+
+def pixel_dataset(cfg: ExperimentConfig, set_name: str, seed: int = 0):
+    """The set's chips as a streamed Ray Dataset of {"pixels": (N, C, H, W) uint16}: files shuffled
+    per epoch (seeded), read block by block, never loaded whole. Returns (dataset, shape, n_chips)."""
+    import ray
+
+    fs, paths, shape, n_chips = _shards(cfg, set_name)
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["pixels"],
+                               shuffle=ray.data.FileShuffleConfig(seed=seed))
+    ds = ds.map_batches(_pixels_to_numpy, fn_kwargs={"shape": shape}, batch_format="pyarrow", batch_size=256)
+    return ds, shape, n_chips
+
+
+def _batch_moments(batch) -> dict:
+    from pw_ray.pretrain.transforms import pixel_moments
+
+    n, mean, m2 = pixel_moments(batch["pixels"])
+    return {"n": [n], "mean": [mean.numpy()], "m2": [m2.numpy()]}
+
+
+def set_normalization(cfg: ExperimentConfig, set_name: str) -> dict:
+    """The per-band statistics of ``model.normalization`` for this set, as the export records them.
+
+    ``fmow``: SatMAE's fMoW-Sentinel table. ``set``: mean and std of every pixel of the set's
+    shards, computed in one streamed pass (Ray Data tasks reduce blocks to moments, the driver
+    merges them) and cached in the run dir, so a resumed run normalises exactly as before.
+    """
+    import torch
+
+    from pw_ray.models.export import fmow_normalization
+    from pw_ray.pretrain.transforms import compute_stats
+
+    if cfg.model.normalization == "fmow":
+        return fmow_normalization(cfg.chips.bands)
+    cache = storage.join(run_dir(cfg.root, set_name), "normalization.json")
+    if storage.exists(cache):
+        return json.loads(storage.read_text(cache))
+    ds, _, n_chips = pixel_dataset(cfg, set_name)
+    moments = ds.map_batches(_batch_moments, batch_format="numpy", batch_size=64)
+    rows = ((int(r["n"]), torch.as_tensor(r["mean"]), torch.as_tensor(r["m2"])) for r in moments.iter_rows())
+    mean, std = compute_stats(rows)
+    norm = {"method": "clip mean±2std, then (x - (mean - 2std)) / (4std) -> [0, 1]",
+            "source": f"set:{set_name}", "chips": n_chips,
+            "mean": [round(float(v), 4) for v in mean], "std": [round(float(v), 4) for v in std.clamp(min=1.0)]}
+    storage.write_text(cache, json.dumps(norm, indent=2))
+    log.info("pretrain %s: normalisation statistics of %d chips → %s", set_name, n_chips, cache)
+    return norm
+
+
+def build_trainer(cfg: ExperimentConfig, set_name: str):
+    """(TorchTrainer, loop config, normalisation) for one set, resuming its run dir if one exists."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    normalization = set_normalization(cfg, set_name)
+    ds, _, n_chips = pixel_dataset(cfg, set_name, seed=cfg.pretrain_set(set_name).seed)
+    lc = loop_config(cfg, set_name, n_chips, normalization)
     t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=lc,
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker, **t.resources_per_worker}),
         run_config=ray.train.RunConfig(
-            name=set_name,
+            name=set_name,  # a fixed name: a new fit() finds the run dir and resumes
             storage_path=storage.resolve(storage.join(cfg.root, "runs", "pretrain")),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         ),
         datasets={"train": ds},
     )
-    log.info("pretrain %s: %d chips, %d steps on %d worker(s)", set_name, n_chips, lc["total_steps"], t.num_workers)
+    return trainer, lc, normalization
+
+
+def pretrain_set(cfg: ExperimentConfig, set_name: str) -> dict:
+    """Pretrain one set with Ray Train and export its encoder; returns the run's summary.
+
+    Skips a set whose export already holds ``total_steps``; otherwise resumes from the run's
+    latest checkpoint (after a driver restart, or when ``train.max_steps``/``epochs`` grew).
+    """
+    t = cfg.train
+    summary_uri = storage.join(export_dir(cfg.root, set_name), "summary.json")
+    n_chips = _shards(cfg, set_name)[3]
+    if n_chips < t.batch_size * t.num_workers * t.accum_steps:
+        raise ValueError(f"pretrain {set_name}: {n_chips} chips cannot fill one step of train.batch_size "
+                         f"{t.batch_size} × num_workers {t.num_workers} × accum_steps {t.accum_steps}")
+    if storage.exists(summary_uri):
+        done = json.loads(storage.read_text(summary_uri))
+        if done.get("steps", 0) >= total_steps(cfg, n_chips):
+            log.info("pretrain %s: encoder exported after %d steps, skipping", set_name, done["steps"])
+            return done
+    trainer, lc, normalization = build_trainer(cfg, set_name)
+    log.info("pretrain %s: %d steps on %d worker(s) → %s", set_name, lc["total_steps"], cfg.train.num_workers,
+             run_dir(cfg.root, set_name))
     t0 = time.perf_counter()
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"pretrain {set_name} failed: {result.error}")
-    summary = export_from_checkpoint(cfg, set_name, result.checkpoint, lc)
-    summary.update(n_chips=n_chips, wall_s=time.perf_counter() - t0)
-    storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
+    summary = export_from_checkpoint(cfg, set_name, result.checkpoint, normalization)
+    summary.update(n_chips=n_chips, total_steps=lc["total_steps"], start_step=(result.metrics or {}).get("start_step"),
+                   final_loss=(result.metrics or {}).get("loss"), wall_s=round(time.perf_counter() - t0, 1))
+    storage.write_text(summary_uri, json.dumps(summary, indent=2))  # last: marks the set done
     return summary
 
 
-def export_from_checkpoint(cfg: ExperimentConfig, set_name: str, checkpoint, lc: dict) -> dict:
+# ----------------------------------------------------------------------------- export
+def export_from_checkpoint(cfg: ExperimentConfig, set_name: str, checkpoint, normalization: dict) -> dict:
     import torch
 
+    if checkpoint is None:
+        raise RuntimeError(f"pretrain {set_name}: the run finished without a checkpoint to export")
+    with checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+    model = _build_model(state["config"])
+    model.load_state_dict(state["model"])
+    _export(cfg, set_name, model, state["step"], normalization)
+    return {"set": set_name, "steps": state["step"], "epoch": state["epoch"]}
+
+
+def _export(cfg: ExperimentConfig, set_name: str, model, step: int, normalization: dict) -> None:
+    """``export/encoder.pt`` + ``config.json`` (written last: a present config.json is a complete export)."""
     from pw_ray.models.export import export_encoder
-    from pw_ray.models.satmae import build_mae
 
-    model = build_mae(lc["preset"], lc["bands"], lc["groups"], img_size=lc["img_size"],
-                      patch_size=lc["patch_size"], norm_pix_loss=lc["norm_pix_loss"])
-    step, loss = 0, None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        step = state["step"]
-    _export(cfg, set_name, model, step)
-    return {"set": set_name, "steps": step, "final_loss": loss}
-
-
-def _export(cfg: ExperimentConfig, set_name: str, model, step: int) -> None:
-    from pw_ray.models.export import export_encoder
-    from pw_ray.pretrain.transforms import stats_for
-
+    extra = {"set": set_name, "steps": step, "normalization": normalization,
+             "mean": list(normalization["mean"]), "std": list(normalization["std"])}
     out = export_dir(cfg.root, set_name)
-    mean, std = stats_for(cfg.chips.bands)
-    extra = {"set": set_name, "steps": step, "mean": mean.tolist(), "std": std.tolist()}
     with tempfile.TemporaryDirectory() as d:
         export_encoder(model, d, list(cfg.chips.bands), [list(g) for g in cfg.model.groups], extra)
-        for name in sorted(os.listdir(d)):
+        for name in sorted(os.listdir(d), key=lambda n: n == "config.json"):
             with open(os.path.join(d, name), "rb") as f:
-                data = f.read()
-            if name != "config.json":
-                storage.write_bytes(storage.join(out, name), data)
-        with open(os.path.join(d, "config.json"), "rb") as f:
-            storage.write_bytes(storage.join(out, "config.json"), f.read())  # last: marks the export done
+                storage.write_bytes(storage.join(out, name), f.read())
 
 
 def export_zero(cfg: ExperimentConfig, seed: int = 0) -> dict:
     """The "zero pretraining" baseline: a randomly initialised encoder, exported like the others."""
     import torch
 
+    from pw_ray.models.export import fmow_normalization
     from pw_ray.models.satmae import build_mae
 
     out = export_dir(cfg.root, ZERO)
-    if storage.exists(storage.join(out, "config.json")):
+    if storage.exists(storage.join(out, "summary.json")):
         return json.loads(storage.read_text(storage.join(out, "summary.json")))
     torch.manual_seed(seed)
     model = build_mae(cfg.model.preset, list(cfg.chips.bands), [list(g) for g in cfg.model.groups],
                       img_size=cfg.chips.size_px, patch_size=cfg.model.patch_size)
-    _export(cfg, ZERO, model, 0)
+    _export(cfg, ZERO, model, 0, fmow_normalization(cfg.chips.bands))
     summary = {"set": ZERO, "steps": 0, "final_loss": None, "n_chips": 0, "wall_s": 0.0}
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
     return summary
@@ -263,4 +388,5 @@ def load_encoder(root: str, set_name: str):
     return enc, conf
 
 
-__all__ = ["pretrain_set", "export_zero", "load_encoder", "train_loop_per_worker", "np"]
+__all__ = ["pretrain_set", "build_trainer", "set_normalization", "export_zero", "load_encoder",
+           "train_loop_per_worker"]

@@ -44,32 +44,42 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return (x.to(torch.float32).clamp(min=lo, max=hi) - lo) / (4 * std)
 
 
+def pixel_moments(batch) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(pixels per channel, (C,) mean, (C,) sum of squared deviations) of one (B, C, H, W) batch, float64."""
+    x = torch.as_tensor(np.asarray(batch) if not torch.is_tensor(batch) else batch)
+    x = x.to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)  # (C, B·H·W)
+    mean = x.mean(dim=1)
+    return x.shape[1], mean, ((x - mean[:, None]) ** 2).sum(dim=1)
+
+
+def merge_moments(a: tuple, b: tuple) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Combine two :func:`pixel_moments` results (Chan et al.'s parallel update: no cancellation)."""
+    (na, ma, m2a), (nb, mb, m2b) = a, b
+    if na == 0:
+        return b
+    if nb == 0:
+        return a
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), m2a + m2b + delta**2 * (na * nb / n)
+
+
 def compute_stats(batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (mean, std) over all pixels of a stream of (B, C, H, W) batches.
 
     One pass, float64, batches merged with Chan et al.'s parallel update so large sums do not
     cancel. ``std`` is the population standard deviation (ddof = 0). Returns (C,) float64.
+    Batches can also be :func:`pixel_moments` triples computed elsewhere (e.g. by Ray Data tasks).
     """
-    n = 0
-    mean = m2 = None
+    total = None
     for batch in batches:
-        x = torch.as_tensor(np.asarray(batch) if not torch.is_tensor(batch) else batch)
-        x = x.to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)  # (C, B·H·W)
-        nb = x.shape[1]
-        if nb == 0:
+        m = batch if isinstance(batch, tuple) else pixel_moments(batch)
+        if m[0] == 0:
             continue
-        mb = x.mean(dim=1)
-        m2b = ((x - mb[:, None]) ** 2).sum(dim=1)
-        if mean is None:
-            n, mean, m2 = nb, mb, m2b
-            continue
-        delta = mb - mean
-        total = n + nb
-        mean = mean + delta * (nb / total)
-        m2 = m2 + m2b + delta**2 * (n * nb / total)
-        n = total
-    if mean is None:
+        total = m if total is None else merge_moments(total, m)
+    if total is None:
         raise ValueError("compute_stats got no pixels")
+    n, mean, m2 = total
     return mean, torch.sqrt(m2 / n)
 
 

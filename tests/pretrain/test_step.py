@@ -105,3 +105,13 @@ def test_step_sets_the_given_lr_on_every_group():
     opt = make_optimizer(model, lr=1.0, weight_decay=0.05)
     train_step(model, chips, opt, **_step_kwargs(grad_clip=1.0))
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5]
+
+
+def test_train_step_runs_a_compiled_model_and_updates_the_bare_weights():
+    """``train.compile``: the step sees through ``torch.compile``'s wrapper (eager backend: no codegen in CI)."""
+    model, chips = _tiny(), _smooth_chips(2, 32)
+    before = model.blocks[0].attn.qkv.weight.detach().clone()
+    compiled = torch.compile(model, backend="eager")
+    opt = make_optimizer(model, lr=1e-3, weight_decay=0.05)
+    out = train_step(compiled, chips, opt, **_step_kwargs())
+    assert math.isfinite(out["loss"]) and not torch.equal(before, model.blocks[0].attn.qkv.weight)

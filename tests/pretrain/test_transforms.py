@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pw_ray import bands as B
-from pw_ray.pretrain.transforms import compute_stats, normalize, random_resized_crop_flip, stats_for
+from pw_ray.pretrain.transforms import (compute_stats, merge_moments, normalize, pixel_moments,
+                                       random_resized_crop_flip, stats_for)
 
 MEAN = torch.tensor([1000.0, 2000.0])
 STD = torch.tensor([100.0, 400.0])
@@ -54,6 +55,17 @@ def test_compute_stats_matches_numpy_over_uneven_batches():
     assert mean.dtype == torch.float64
     np.testing.assert_allclose(mean.numpy(), data.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(std.numpy(), data.astype(np.float64).std(axis=(0, 2, 3)), rtol=1e-10)
+
+
+def test_moments_computed_apart_merge_to_the_stats_of_the_whole():
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 12000, size=(9, 2, 4, 4)).astype(np.uint16)
+    parts = [pixel_moments(data[:2]), pixel_moments(data[2:2]), pixel_moments(data[2:])]  # one empty block
+    mean, std = compute_stats(parts)
+    np.testing.assert_allclose(mean.numpy(), data.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(std.numpy(), data.astype(np.float64).std(axis=(0, 2, 3)), rtol=1e-10)
+    n, m, _ = merge_moments(parts[0], parts[2])
+    assert n == 9 * 4 * 4 and torch.allclose(m, mean)
 
 
 def test_crop_returns_the_requested_size_within_the_input_range():

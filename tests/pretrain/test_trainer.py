@@ -1,0 +1,208 @@
+"""The pretraining stage on Ray Train, on shards the pipeline itself ingests from the synthetic archive.
+
+One 2-worker run (gloo on CPU) is shared by the tests that read its outputs; the resume, fault
+and multi-node tests make runs of their own. Each run gets its own storage root with a copy
+of the same shards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pw_ray import storage
+from pw_ray.config import parse_config
+from pw_ray.ingest import shards as S
+from pw_ray.pretrain import trainer as T
+from pw_ray.pretrain.metrics import read_scalars
+from tests.conftest import TINY_CONFIG
+
+SET = "eu"
+CHIPS = 48
+MULTINODE = Path(__file__).with_name("multinode_run.py")
+
+
+def _config(root: Path, normalization: str = "fmow", **train) -> dict:
+    """A one-set tiny experiment: 48 chips of 32 px; 2 workers × batch 2 = 12 steps per epoch."""
+    return dict(
+        TINY_CONFIG, root=str(root), tasks=[], evaluation={"include_zero": False},
+        model={"preset": "tiny", "patch_size": 8, "normalization": normalization},
+        stac={**TINY_CONFIG["stac"], "synthetic": {**TINY_CONFIG["stac"]["synthetic"], "cloudy_fraction": 0.0}},
+        pretrain_sets=[{"name": SET, "region": "eu", "size": CHIPS, "seed": 1}],
+        train={"epochs": 20, "batch_size": 2, "num_workers": 2, "cpus_per_worker": 0.5, "blr": 0.05,
+               "checkpoint_every": 4, "keep_checkpoints": 2, "log_every": 1, "max_failures": 2, **train},
+    )
+
+
+@pytest.fixture(scope="module")
+def shards_root(ray_session, tmp_path_factory) -> Path:
+    """A root holding the ingested shards of one 48-chip set (plan + ingest of the real pipeline)."""
+    from pw_ray import experiment as E
+
+    root = tmp_path_factory.mktemp("pretrain-shards") / "root"
+    cfg = parse_config(_config(root))
+    src = E.source(cfg)
+    E.plan(cfg, src=src)
+    E.ingest(cfg, src=src)
+    assert len(S.read_set(str(root), SET, columns=["chip_id"])) == CHIPS
+    return root
+
+
+def _root_with_shards(shards_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(shards_root / "shards", root / "shards")
+    return root
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "runs" / "pretrain" / SET).glob("checkpoint_*") if p.is_dir())
+
+
+def _ckpt_step(path: Path) -> int:
+    return torch.load(path / T.STATE_FILE, map_location="cpu", weights_only=False)["step"]
+
+
+def _steps_by_file(root: Path, tag: str = "loss") -> list[list[int]]:
+    """The steps logged by each worker-group start, in order."""
+    by_file = defaultdict(list)
+    for s in read_scalars(str(root / "runs" / "pretrain" / SET / "tensorboard")):
+        if s.tag == tag:
+            by_file[s.file].append(s.step)
+    return list(by_file.values())
+
+
+@pytest.fixture(scope="module")
+def run(shards_root, tmp_path_factory):
+    """One 12-step run with statistics of the set; what it left, captured before anyone resumes it."""
+    root = _root_with_shards(shards_root, tmp_path_factory.mktemp("run"))
+    cfg = parse_config(_config(root, "set", max_steps=12))
+    t0 = time.perf_counter()
+    summary = T.pretrain_set(cfg, SET)
+    return {"cfg": cfg, "root": root, "summary": summary, "wall_s": time.perf_counter() - t0,
+            "checkpoint_steps": [_ckpt_step(p) for p in _checkpoints(root)],
+            "scalars": read_scalars(str(root / "runs" / "pretrain" / SET / "tensorboard"))}
+
+
+def test_two_worker_run_trains_every_step_and_exports(run):
+    s = run["summary"]
+    assert (s["steps"], s["total_steps"], s["start_step"], s["n_chips"]) == (12, 12, 0, CHIPS)
+    assert math.isfinite(s["final_loss"])
+    export = run["root"] / "runs" / "pretrain" / SET / "export"
+    assert {p.name for p in export.iterdir()} == {"encoder.pt", "config.json", "summary.json"}
+
+
+def test_checkpoints_land_in_the_run_dir_and_only_the_last_k_are_kept(run):
+    assert run["checkpoint_steps"] == [8, 12]  # every 4 steps, keep_checkpoints = 2
+
+
+def test_tensorboard_logs_loss_lr_and_throughput_every_step(run):
+    tags = defaultdict(list)
+    for s in run["scalars"]:
+        tags[s.tag].append(s.step)
+    assert {"loss", "lr", "samples_per_s", "peak_rss_mb"} <= set(tags)
+    assert tags["loss"] == list(range(1, 13))
+    assert all(s.value > 0 for s in run["scalars"] if s.tag == "samples_per_s")
+
+
+def test_reported_loss_falls(run):
+    loss = [s.value for s in run["scalars"] if s.tag == "loss"]
+    assert np.mean(loss[-3:]) < 0.8 * np.mean(loss[:3])
+
+
+def test_set_statistics_are_computed_from_the_shards_and_exported(run):
+    table = S.read_set(str(run["root"]), SET, columns=["pixels"])
+    pixels = S.read_pixels(table).astype(np.float64)
+    conf = json.loads((run["root"] / "runs" / "pretrain" / SET / "export" / "config.json").read_text())
+    assert conf["normalization"]["source"] == f"set:{SET}"
+    np.testing.assert_allclose(conf["mean"], pixels.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(conf["std"], pixels.std(axis=(0, 2, 3)), rtol=1e-5)
+    assert conf["normalization"]["mean"] == conf["mean"]
+
+
+def test_export_reproduces_the_checkpoints_embeddings(run):
+    enc, conf = T.load_encoder(str(run["root"]), SET)
+    last = _checkpoints(run["root"])[-1]
+    state = torch.load(last / T.STATE_FILE, map_location="cpu", weights_only=False)
+    model = T._build_model(state["config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    x = torch.rand(3, 10, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(enc.embed(x), model.embed(x), atol=1e-5, rtol=0)
+    assert conf["steps"] == state["step"]
+
+
+def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(run):
+    """A restarted driver (same root, same run name) continues; it does not start over."""
+    cfg = parse_config(_config(run["root"], "set", max_steps=18))
+    summary = T.pretrain_set(cfg, SET)
+    assert (summary["start_step"], summary["steps"]) == (12, 18)
+    first, second = _steps_by_file(run["root"])[:2]
+    assert first[-1] == 12 and second[0] == 13
+    assert T.pretrain_set(cfg, SET)["steps"] == 18  # done: a third call skips
+
+
+def _alive_train_worker_pids() -> list[int]:
+    import ray
+
+    return [a["Pid"] for a in ray._private.state.actors().values()
+            if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_at_most_one_checkpoint_interval(shards_root, tmp_path):
+    root = _root_with_shards(shards_root, tmp_path)
+    cfg = parse_config(_config(root, max_steps=20, checkpoint_every=4))
+    out: dict = {}
+    fit = threading.Thread(target=lambda: out.update(summary=T.pretrain_set(cfg, SET)))
+    fit.start()
+    deadline = time.monotonic() + 120  # kill once step 4's checkpoint is registered and training went on
+    while max(sum(_steps_by_file(root), []) or [0]) < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = _alive_train_worker_pids()
+    assert _checkpoints(root) and len(pids) == 2
+    os.kill(pids[-1], signal.SIGKILL)
+    fit.join(timeout=240)
+    assert not fit.is_alive() and out["summary"]["steps"] == 20
+    runs = _steps_by_file(root)
+    assert len(runs) >= 2, "the worker group never restarted: the kill came too late"
+    resumed_from = runs[1][0] - 1
+    lost = runs[0][-1] - resumed_from
+    assert resumed_from % 4 == 0 and 0 <= lost <= 4
+    assert runs[-1][-1] == 20
+
+
+@pytest.mark.slow
+def test_two_node_cluster_run_places_one_worker_per_node(shards_root, tmp_path):
+    root = _root_with_shards(shards_root, tmp_path)
+    config = _config(root, max_steps=4, resources_per_worker={"train_slot": 1})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ray_tmp = tempfile.mkdtemp(prefix="pwmn-")  # short: Ray's socket paths must fit 107 bytes
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    log_path = tmp_path / "multinode.log"
+    try:
+        with open(log_path, "w") as log_file:
+            proc = subprocess.run([sys.executable, str(MULTINODE), str(tmp_path / "config.json"),
+                                   str(tmp_path / "result.json")], env=env, stdout=log_file,
+                                  stderr=subprocess.STDOUT, timeout=600, cwd=Path(__file__).resolve().parents[2])
+        assert proc.returncode == 0, log_path.read_text()[-4000:]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["nodes"] == 2 and len(result["worker_nodes"]) == 2
+    assert result["summary"]["steps"] == 4
+    assert storage.exists(str(root / "runs" / "pretrain" / SET / "export" / "config.json"))
