@@ -1,6 +1,6 @@
 """Samples/s of pretraining through Ray Train + Ray Data against a plain PyTorch loop, side by side.
 
-    python bench/pretrain.py [--chips 1024] [--batch 16] [--steps 40] [--warmup 10] [--threads 1]
+    python bench/pretrain.py [--chips 2048] [--batch 16] [--steps 100] [--warmup 10] [--threads 1]
 
 Builds a synthetic set with the real pipeline (plan + ingest into a temporary root), then
 trains the same model (tiny preset, 32 px chips by default) with the same batch and number of
@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -102,12 +103,13 @@ def ray_samples_per_s(cfg, args) -> tuple[float, float, float, list[float]]:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--chips", type=int, default=1024, help="chips in the synthetic set (≥ (warmup+steps)·batch·workers)")
-    p.add_argument("--scenes", type=int, default=2, help="synthetic scenes per continent (480 px each)")
+    p.add_argument("--chips", type=int, default=2048,
+                   help="chips in the synthetic set (≥ (warmup+steps)·batch·workers)")
+    p.add_argument("--scenes", type=int, default=3, help="synthetic scenes per continent (480 px each)")
     p.add_argument("--size", type=int, default=32, help="chip side, px")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--batch", type=int, default=16, help="per worker")
-    p.add_argument("--steps", type=int, default=40, help="timed steps")
+    p.add_argument("--steps", type=int, default=100, help="timed steps")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--log-every", type=int, default=10, help="Ray: report every N steps (divides --warmup and --steps)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (the plain loop is one process)")
@@ -150,13 +152,16 @@ def main(argv=None) -> dict:
         pixels = torch.from_numpy(S.read_pixels(S.read_set(root, "bench", columns=["pixels"])).astype("int32"))
         need = (args.warmup + args.steps) * args.batch * args.workers
         if len(pixels) < need:
-            raise SystemExit(f"{len(pixels)} chips ingested, one epoch of this run needs {need}: raise --chips/--scenes")
+            raise SystemExit(f"{len(pixels)} chips ingested, one epoch of this run needs {need}: "
+                             "raise --chips/--scenes")
         plain, plain_windows = plain_samples_per_s(pixels, cfg, args)
         ray_sps, ray_wall, ray_wait, ray_windows = ray_samples_per_s(cfg, args)
         plain_after, plain_windows_after = plain_samples_per_s(pixels, cfg, args)
         plain = [plain, plain_after]
     finally:
         ray.shutdown()
+        if not args.root:
+            shutil.rmtree(root, ignore_errors=True)
     plain_sps = sum(plain) / len(plain)
     # Medians of the windows: less sensitive to bursts of a shared machine's other load.
     ray_med, plain_med = statistics.median(ray_windows), statistics.median(plain_windows + plain_windows_after)
@@ -165,7 +170,8 @@ def main(argv=None) -> dict:
         "ray_vs_plain": round(ray_sps / plain_sps, 3), "ray_vs_plain_median_window": round(ray_med / plain_med, 3),
         "plain_runs_samples_per_s": [round(v, 2) for v in plain],
         "ray_data_wait_frac": round(ray_wait, 3), "ray_window_samples_per_s": [round(v, 1) for v in ray_windows],
-        "plain_window_samples_per_s": [[round(v, 1) for v in plain_windows], [round(v, 1) for v in plain_windows_after]], "ray_stage_wall_s": round(ray_wall, 1),
+        "plain_window_samples_per_s": [[round(v, 1) for v in ws] for ws in (plain_windows, plain_windows_after)],
+        "ray_stage_wall_s": round(ray_wall, 1),
         "ray_startup_and_teardown_s": round(ray_wall - args.steps * args.batch * args.workers / ray_sps, 1),
         "preset": args.preset, "img_size": args.size, "batch": args.batch, "timed_steps": args.steps,
         "warmup_steps": args.warmup, "workers": args.workers, "threads": args.threads,

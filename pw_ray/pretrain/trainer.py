@@ -7,7 +7,8 @@ Everything of a run lives in ``<root>/runs/pretrain/<set>/`` (Ray Train's run di
 
 * ``checkpoint_*/state.pt`` every ``train.checkpoint_every`` optimizer steps (model, optimizer,
   step, epoch, batches done in the epoch), the last ``train.keep_checkpoints`` kept;
-* ``tensorboard/`` loss, lr, samples/s and peak memory every ``train.log_every`` steps;
+* ``tensorboard/`` loss, lr, samples/s, time waiting for data and peak memory every
+  ``train.log_every`` steps (Ray's dashboard gets the same metrics at most every 2 s);
 * ``normalization.json`` the per-band statistics the run normalises with;
 * ``export/`` the encoder (``encoder.pt`` + ``config.json``) and ``summary.json``.
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 ZERO = "zero"  # the random-encoder baseline
 STATE_FILE = "state.pt"
+#: Seconds between metric reports to Ray: its controller's poll interval (Ray Train V2 default 2 s).
+REPORT_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
 
 
 def run_dir(root: str, set_name: str) -> str:
@@ -107,16 +110,24 @@ def train_loop_per_worker(config: dict) -> None:
     metrics_log = MetricsLog(config["tensorboard_uri"]) if rank == 0 and config["tensorboard_uri"] else None
     shard = ray.train.get_dataset_shard("train")
     window = {"t": time.perf_counter(), "steps": 0, "loss": 0.0, "n": 0, "wait": 0.0}
+    last_ray_report = float("-inf")
 
     def report(checkpoint: bool) -> None:
-        """Metrics of the steps since the last report (every rank calls this at the same steps)."""
-        nonlocal last_ckpt_step
+        """Log the steps since the last call (every rank calls this at the same steps).
+
+        TensorBoard gets every call. Ray gets checkpoints, and metrics at most every
+        ``report_interval_s``: Ray Train holds one unread report per worker and its controller
+        reads them every 2 s, so a report sooner than that blocks the step until it is read.
+        """
+        nonlocal last_ckpt_step, last_ray_report
         now = time.perf_counter()
-        loss = torch.tensor([window["loss"] / max(window["n"], 1)], device=device)
+        due = checkpoint or now - last_ray_report >= config["report_interval_s"]
+        # one collective: the mean loss over workers, and rank 0's clock deciding for all ranks
+        sums = torch.tensor([window["loss"] / max(window["n"], 1), float(due and rank == 0)], device=device)
         if world > 1:
-            dist.all_reduce(loss)
-            loss /= world
-        metrics = {"step": step, "epoch": epoch, "start_step": start_step, "loss": float(loss),
+            dist.all_reduce(sums)
+        loss, due = float(sums[0]) / world, bool(sums[1] > 0)
+        metrics = {"step": step, "epoch": epoch, "start_step": start_step, "loss": loss,
                    "lr": St.lr_at(step - 1, total, config["warmup_steps"], base_lr),
                    "samples_per_s": window["steps"] * global_batch / max(now - window["t"], 1e-9),
                    "data_wait_frac": window["wait"] / max(now - window["t"], 1e-9),  # time blocked on the stream
@@ -127,6 +138,9 @@ def train_loop_per_worker(config: dict) -> None:
                                                                "epoch", "peak_rss_mb")})
         if checkpoint:
             last_ckpt_step = step
+        if not due:
+            return
+        last_ray_report = now
         if not (checkpoint and rank == 0):  # only rank 0 uploads; every rank reports
             ray.train.report(metrics)
             return
@@ -202,7 +216,8 @@ def loop_config(cfg: ExperimentConfig, set_name: str, n_chips: int, normalizatio
         mask_ratio=m.mask_ratio, blr=t.blr, weight_decay=t.weight_decay, batch_size=t.batch_size,
         accum_steps=t.accum_steps, epochs=t.epochs, total_steps=total,
         warmup_steps=int(t.warmup_epochs * spe), grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
-        log_every=t.log_every, seed=cfg.pretrain_set(set_name).seed if set_name != ZERO else 0,
+        log_every=t.log_every, report_interval_s=REPORT_INTERVAL_S,
+        seed=cfg.pretrain_set(set_name).seed if set_name != ZERO else 0,
         shuffle_buffer=min(t.shuffle_buffer, n_chips // 4), compile=t.compile,
         mean=list(normalization["mean"]), std=list(normalization["std"]),
         tensorboard_uri=storage.resolve(tensorboard_dir(cfg.root, set_name)),
@@ -269,8 +284,10 @@ def set_normalization(cfg: ExperimentConfig, set_name: str) -> dict:
     return norm
 
 
-def build_trainer(cfg: ExperimentConfig, set_name: str):
-    """(TorchTrainer, loop config, normalisation) for one set, resuming its run dir if one exists."""
+def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per_worker):
+    """(TorchTrainer, loop config, normalisation) for one set, resuming its run dir if one exists.
+
+    ``train_loop`` replaces the worker loop (tests wrap it to inject faults or delays)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -279,7 +296,7 @@ def build_trainer(cfg: ExperimentConfig, set_name: str):
     lc = loop_config(cfg, set_name, n_chips, normalization)
     t = cfg.train
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config=lc,
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu,
@@ -295,7 +312,7 @@ def build_trainer(cfg: ExperimentConfig, set_name: str):
     return trainer, lc, normalization
 
 
-def pretrain_set(cfg: ExperimentConfig, set_name: str) -> dict:
+def pretrain_set(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per_worker) -> dict:
     """Pretrain one set with Ray Train and export its encoder; returns the run's summary.
 
     Skips a set whose export already holds ``total_steps``; otherwise resumes from the run's
@@ -312,7 +329,7 @@ def pretrain_set(cfg: ExperimentConfig, set_name: str) -> dict:
         if done.get("steps", 0) >= total_steps(cfg, n_chips):
             log.info("pretrain %s: encoder exported after %d steps, skipping", set_name, done["steps"])
             return done
-    trainer, lc, normalization = build_trainer(cfg, set_name)
+    trainer, lc, normalization = build_trainer(cfg, set_name, train_loop)
     log.info("pretrain %s: %d steps on %d worker(s) → %s", set_name, lc["total_steps"], cfg.train.num_workers,
              run_dir(cfg.root, set_name))
     t0 = time.perf_counter()

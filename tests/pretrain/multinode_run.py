@@ -5,7 +5,8 @@
 Its own process and its own ``RAY_TMPDIR`` (set by the caller), because a Cluster writes
 ``ray_current_cluster`` into Ray's temp folder and a process can hold only one Ray. Each node
 has one ``train_slot``, and each worker asks for one, so the two workers land on two nodes;
-each node has 2 CPUs, so a Ray Data read task (1 CPU) still fits beside a worker's half CPU. The result file records each worker's node.
+each node has 2 CPUs, so a Ray Data read task (1 CPU) still fits beside a worker's half CPU.
+The result file records each worker's node.
 """
 
 from __future__ import annotations

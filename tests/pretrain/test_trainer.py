@@ -163,27 +163,54 @@ def _alive_train_worker_pids() -> list[int]:
             if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
 
 
+def _registered_checkpoint_step(root: Path) -> int:
+    """The step of the latest checkpoint Ray Train has registered (0: none yet)."""
+    try:
+        snap = json.loads((root / "runs" / "pretrain" / SET / "checkpoint_manager_snapshot.json").read_text())
+        return int((snap.get("latest_checkpoint_result") or {}).get("metrics", {}).get("step", 0))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _loop_with_slow_steps(seconds: float):
+    """The real worker loop, each step delayed, so a kill can land between two checkpoints."""
+    def loop(config):
+        from pw_ray.pretrain import step as St
+        from pw_ray.pretrain.trainer import train_loop_per_worker
+
+        real = St.train_step
+
+        def slow_step(*args, **kwargs):
+            time.sleep(seconds)
+            return real(*args, **kwargs)
+
+        St.train_step = slow_step
+        train_loop_per_worker(config)
+    return loop
+
+
 @pytest.mark.slow
 def test_a_killed_worker_costs_at_most_one_checkpoint_interval(shards_root, tmp_path):
+    """Steps 0.5 s apart, checkpoints every 5: Ray registers the step-5 checkpoint (its controller
+    reads reports every 2 s) before step 10, so the kill lands between two checkpoints."""
     root = _root_with_shards(shards_root, tmp_path)
-    cfg = parse_config(_config(root, max_steps=20, checkpoint_every=4))
+    cfg = parse_config(_config(root, max_steps=15, checkpoint_every=5))
     out: dict = {}
-    fit = threading.Thread(target=lambda: out.update(summary=T.pretrain_set(cfg, SET)))
+    fit = threading.Thread(target=lambda: out.update(summary=T.pretrain_set(cfg, SET, _loop_with_slow_steps(0.5))))
     fit.start()
-    deadline = time.monotonic() + 120  # kill once step 4's checkpoint is registered and training went on
-    while max(sum(_steps_by_file(root), []) or [0]) < 6 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 180
+    while _registered_checkpoint_step(root) < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
-    pids = _alive_train_worker_pids()
-    assert _checkpoints(root) and len(pids) == 2
+    registered, pids = _registered_checkpoint_step(root), _alive_train_worker_pids()
+    assert registered == 5 and len(pids) == 2
     os.kill(pids[-1], signal.SIGKILL)
-    fit.join(timeout=240)
-    assert not fit.is_alive() and out["summary"]["steps"] == 20
+    fit.join(timeout=300)
+    assert not fit.is_alive() and out["summary"]["steps"] == 15
     runs = _steps_by_file(root)
-    assert len(runs) >= 2, "the worker group never restarted: the kill came too late"
-    resumed_from = runs[1][0] - 1
-    lost = runs[0][-1] - resumed_from
-    assert resumed_from % 4 == 0 and 0 <= lost <= 4
-    assert runs[-1][-1] == 20
+    assert len(runs) == 2, "the worker group restarted once"
+    resumed_from, lost = runs[1][0] - 1, runs[0][-1] - (runs[1][0] - 1)
+    assert resumed_from == registered and 0 <= lost <= 5
+    assert runs[1][-1] == 15 and out["summary"]["start_step"] == 5
 
 
 @pytest.mark.slow
