@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pw_ray import storage
 from pw_ray.config import ExperimentConfig, dump_config
@@ -283,8 +284,9 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
     for s in cfg.pretrain_sets:
         acc = D.DiversityAccumulator(a.spectral_bins, codebook)
         files = S.shard_files(cfg.root, s.name)
-        shape = json.loads(storage.read_table(files[0]).schema.metadata[b"pw_ray.shape"])
-        fs, _ = storage.filesystem(files[0])
+        fs, first = storage.filesystem(files[0])
+        # The footer holds the chip shape: no need to read a whole shard's pixels for it.
+        shape = json.loads(pq.read_schema(first, filesystem=fs).metadata[b"pw_ray.shape"])
         ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs).select_columns(
             ["pixels", "region", "biome", "landcover"])
         for batch in ds.iter_batches(batch_size=128, batch_format="pyarrow"):  # streams: never the whole set
