@@ -126,7 +126,7 @@ def decode_limit(index, items, adapter, spec) -> tuple[float, int]:
     ok = _ok_chips(index)
     n_blocks = 0
     t0 = time.perf_counter()
-    with C.gdal_env(GDAL_CACHEMAX=16):
+    with C.gdal_env(GDAL_CACHEMAX=16 * 2**20):
         for item_id, grp in ok.groupby("item_id", sort=True):
             item = items[item_id]
             for band in list(spec.bands) + [B.SCL]:

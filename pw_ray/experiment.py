@@ -290,8 +290,7 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
         ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs).select_columns(
             ["pixels", "region", "biome", "landcover"])
         for batch in ds.iter_batches(batch_size=128, batch_format="pyarrow"):  # streams: never the whole set
-            col = batch.column("pixels").combine_chunks()
-            px = col.values.to_numpy(zero_copy_only=False).reshape(len(batch), *shape)
+            px = S.column_pixels(batch.column("pixels"), shape)
             acc.update(px, batch.column("region").to_pylist(), batch.column("biome").to_pylist(),
                        batch.column("landcover").to_pylist())
         rows.append({"pretrain_set": s.name, **acc.result()})

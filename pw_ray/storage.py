@@ -113,10 +113,10 @@ def write_text(uri: str, text: str) -> None:
 
 
 def write_table(table: pa.Table, uri: str, row_group_size: int | None = None,
-                compression: str = "zstd") -> None:
-    """Write a Parquet file atomically (zstd by default)."""
+                compression: str = "zstd", **parquet_options) -> None:
+    """Write a Parquet file atomically (zstd by default; ``parquet_options`` go to ``pq.write_table``)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=compression, row_group_size=row_group_size)
+    pq.write_table(table, buf, compression=compression, row_group_size=row_group_size, **parquet_options)
     write_bytes(uri, buf.getvalue())
 
 

@@ -39,9 +39,30 @@ GDAL_CLOUD_OPTIONS = {
     "CPL_VSIL_CURL_CACHE_SIZE": str(128 * 1024 * 1024),
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": str(64 * 1024 * 1024),
-    "GDAL_CACHEMAX": 256,  # MB of decoded blocks: a scene's chips share them
+    # Decoded-block cache, a scene's chips share it. In BYTES: rasterio passes an integer
+    # GDAL_CACHEMAX to GDALSetCacheMax64 (bytes), so the GDAL habit of writing "256" (MB) in an
+    # Env would leave a 256-byte cache and every window read would decode its blocks again.
+    "GDAL_CACHEMAX": 256 * 2**20,
     "GDAL_NUM_THREADS": "1",  # Ray runs one reader per core
 }
+
+
+def cachemax_bytes(value) -> int:
+    """``GDAL_CACHEMAX`` as bytes, from GDAL's own spellings.
+
+    GDAL reads the option as megabytes below 100,000, as bytes above, or as ``"N%"`` of the
+    physical memory; rasterio's ``Env`` takes an integer and hands it to ``GDALSetCacheMax64``,
+    which counts bytes. This converts an operator's ``GDAL_CACHEMAX=512`` (MB) correctly.
+    """
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            return int(total * float(text[:-1]) / 100)
+        n = int(float(text))
+    except ValueError as err:
+        raise ValueError(f"GDAL_CACHEMAX: cannot read {value!r} as MB, bytes or a percentage") from err
+    return n * 2**20 if n < 100_000 else n
 
 
 @contextmanager
@@ -54,6 +75,7 @@ def gdal_env(**overrides):
     """
     opts = {k: os.environ.get(k, v) for k, v in GDAL_CLOUD_OPTIONS.items()}
     opts.update(overrides)
+    opts["GDAL_CACHEMAX"] = cachemax_bytes(opts["GDAL_CACHEMAX"])
     with rasterio.Env(**opts):
         yield
 

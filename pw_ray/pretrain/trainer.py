@@ -56,9 +56,9 @@ def tensorboard_dir(root: str, set_name: str) -> str:
 
 def _pixels_to_numpy(batch, shape):
     """Ray Data batch (pyarrow) → {"pixels": (N, C, H, W) uint16}."""
-    col = batch.column("pixels").combine_chunks()
-    flat = col.values.to_numpy(zero_copy_only=False)
-    return {"pixels": flat.reshape(len(batch), *shape)}
+    from pw_ray.ingest.shards import column_pixels
+
+    return {"pixels": column_pixels(batch.column("pixels"), shape)}
 
 
 # ----------------------------------------------------------------------------- the worker loop

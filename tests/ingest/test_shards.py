@@ -1,0 +1,62 @@
+"""Shard layout: the binary ``pixels`` column, its plain-numpy read-back, and the older list layout."""
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pw_ray.ingest import shards as S
+
+BANDS = ["B02", "B03", "B04"]
+
+
+def _meta(n):
+    return [dict(chip_id=f"c{i}", set="s", point_id=f"p{i}", lon=1.0, lat=2.0, region="eu") for i in range(n)]
+
+
+def _pixels(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 65535, (n, 3, 8, 8), dtype=np.uint16)
+
+
+def test_roundtrip_through_parquet(tmp_path):
+    px = _pixels(7)
+    uri = str(tmp_path / "a.parquet")
+    S.write_parquet_shard(S.chips_table(_meta(7), px, BANDS), uri, row_group_size=3)
+    t = pq.read_table(uri)
+    assert pa.types.is_fixed_size_binary(t.schema.field("pixels").type)
+    assert t.schema.field("pixels").type.byte_width == 3 * 8 * 8 * 2
+    np.testing.assert_array_equal(S.read_pixels(t), px)
+    assert S.shard_bands(t) == BANDS and json.loads(t.schema.metadata[b"pw_ray.shape"]) == [3, 8, 8]
+    md = pq.ParquetFile(uri).metadata
+    assert md.num_row_groups == 3
+    col = md.row_group(0).column(t.schema.get_field_index("pixels"))
+    assert col.compression == "ZSTD" and not col.is_stats_set and not col.has_dictionary_page
+
+
+def test_slices_and_chunked_columns_read_the_right_chips():
+    px = _pixels(10, seed=1)
+    t = S.chips_table(_meta(10), px, BANDS)
+    np.testing.assert_array_equal(S.read_pixels(t.slice(3, 4)), px[3:7])
+    both = pa.concat_tables([t.slice(0, 4), t.slice(6, 4)])
+    assert both.column("pixels").num_chunks == 2
+    np.testing.assert_array_equal(S.read_pixels(both), np.concatenate([px[:4], px[6:]]))
+
+
+def test_the_older_list_layout_is_still_read():
+    px = _pixels(4, seed=2)
+    t = S.chips_table(_meta(4), px, BANDS)
+    flat = pa.array(px.reshape(-1), type=pa.uint16())
+    old = t.set_column(t.schema.get_field_index("pixels"), "pixels", pa.FixedSizeListArray.from_arrays(flat, 3 * 64))
+    buf = io.BytesIO()
+    pq.write_table(old, buf)
+    np.testing.assert_array_equal(S.read_pixels(pq.read_table(pa.BufferReader(buf.getvalue()))), px)
+
+
+def test_bad_pixels_are_refused():
+    with pytest.raises(ValueError, match="uint16"):
+        S.chips_table(_meta(2), np.zeros((2, 3, 8, 8), np.float32), BANDS)
+    with pytest.raises(ValueError, match="metadata rows"):
+        S.chips_table(_meta(3), _pixels(2), BANDS)
