@@ -155,15 +155,13 @@ def run_pipeline(root: str, name: str, pts, src, spec):
 
     with PeakRss() as mem:
         t0 = time.perf_counter()
-        run_ingest(root, name, pts, src.searcher, src.adapter, spec, src.landcover_hrefs,
-                   src.lc_codes, src.lc_names)
+        run_ingest(root, name, pts, src.searcher, src.adapter, spec, src.landcover)
         t_all = time.perf_counter() - t0
         # Shard phase alone: keep the index, drop shards + manifest, run again.
         shutil.rmtree(storage.join(root, "shards", name), ignore_errors=True)
         os.remove(storage.join(root, "manifest", f"{name}.parquet"))
         t0 = time.perf_counter()
-        s = run_ingest(root, name, pts, src.searcher, src.adapter, spec, src.landcover_hrefs,
-                       src.lc_codes, src.lc_names)
+        s = run_ingest(root, name, pts, src.searcher, src.adapter, spec, src.landcover)
         t_shards = time.perf_counter() - t0
     return max(0.0, t_all - t_shards), t_shards, mem.peak, s.ok
 

@@ -91,6 +91,54 @@ class SyntheticArchive(_Strict):
         return v
 
 
+class LandcoverCollection(_Strict):
+    """Land cover from the items of a STAC collection (e.g. ESA WorldCover on Planetary Computer)."""
+
+    collection: str = Field(min_length=1, description="collection id, e.g. esa-worldcover")
+    asset: str = Field("map", min_length=1, description="asset key of the class raster in each item")
+    url: str | None = Field(None, description="STAC API URL or static catalog / ItemCollection / .ndjson path; "
+                                              "unset: stac.url (for kind synthetic: the archive's items)")
+    kind: Literal["api", "static"] | None = Field(
+        None, description="how to search url; unset: stac.kind without url, else static for a .json/.geojson/"
+                          ".ndjson path and api otherwise")
+    datetime: str | None = Field(None, description="date range of the items, e.g. 2021-01-01/2021-12-31 for "
+                                                   "WorldCover v200; unset: all, the newest item first where "
+                                                   "tiles overlap")
+    catalog: Literal["planetary-computer", "earth-search", "generic"] | None = Field(
+        None, description="adapter that signs the hrefs before each read; unset: stac.catalog")
+
+
+def _check_landcover(value):
+    """``stac.landcover``: a raster path/URI (string) or a collection mapping; say which was meant."""
+    if value is None or isinstance(value, LandcoverCollection):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("empty: give a raster path/URI or {collection: <id>}")
+        if "/" not in text and "." not in text:
+            raise ValueError(f"{value!r} is neither a raster path nor a URI; for a STAC collection "
+                             f"write landcover: {{collection: {text}}}")
+        return text
+    if isinstance(value, dict):
+        try:
+            return LandcoverCollection.model_validate(value)
+        except ValidationError as err:
+            probs = []
+            for e in err.errors():
+                name = ".".join(str(p) for p in e["loc"]) or "<mapping>"
+                if e["type"] == "extra_forbidden":
+                    probs.append(f"{name!r} is not a field (check the spelling)")
+                elif e["type"] == "missing":
+                    probs.append(f"{name!r} is required")
+                else:
+                    probs.append(f"{name!r}: {e['msg'].removeprefix('Value error, ')}")
+            allowed = ", ".join(LandcoverCollection.model_fields)
+            raise ValueError("; ".join(probs) + f" (a land-cover collection takes: {allowed})") from None
+    raise ValueError(f"must be a raster path/URI or a mapping like {{collection: esa-worldcover, "
+                     f"asset: map}}, got {type(value).__name__}")
+
+
 class StacSource(_Strict):
     """Where scenes come from: the synthetic archive, a STAC API, or a static catalog."""
 
@@ -108,12 +156,17 @@ class StacSource(_Strict):
     # Point labels for real catalogs (the synthetic archive ships its own; these override it).
     biome_path: str | None = Field(None, description="GeoJSON FeatureCollection of biome polygons with a 'biome' "
                                                      "property (path or URI), e.g. RESOLVE Ecoregions 2017")
-    landcover: str | None = Field(None, description="land-cover raster (local path or URI, ESA WorldCover codes) "
-                                                    "read at each point")
+    landcover: str | LandcoverCollection | None = Field(
+        None, description="land cover in ESA WorldCover codes, for each point's label and each chip's class "
+                          "fractions: a raster (local path or URI, any CRS) or a STAC collection "
+                          "({collection: esa-worldcover, asset: map, url: …}); unset: the synthetic archive's "
+                          "'synthetic-landcover' collection for kind synthetic, none otherwise")
     # HTTP behaviour
     retries: int = Field(5, ge=0)
     backoff_s: float = Field(0.5, ge=0)
     timeout_s: float = Field(30.0, gt=0)
+
+    _landcover = field_validator("landcover", mode="before")(_check_landcover)
 
     @model_validator(mode="after")
     def _url(self):

@@ -63,26 +63,24 @@ class Source:
     adapter: object
     coverage: dict | None
     biome_path: str | None
-    landcover_hrefs: dict[str, str]
-    lc_codes: list[int]
-    lc_names: list[str]
+    #: ``pw_ray.ingest.landcover.LandcoverSource`` (picklable) or None: no land cover.
+    landcover: object | None
+
+    @property
+    def lc_names(self) -> list[str]:
+        """Land-cover class names in the column order of ``lc_fractions`` (empty without land cover)."""
+        return list(self.landcover.names) if self.landcover is not None else []
 
 
 def source(cfg: ExperimentConfig) -> Source:
     """Searcher, catalog adapter and auxiliary layers for the config's ``stac`` section."""
     from pw_ray.ingest.catalogs import adapter_for
+    from pw_ray.ingest.landcover import landcover_source
     from pw_ray.ingest.search import searcher_for
 
     if cfg.stac.kind != "synthetic":
-        lc_hrefs, codes, names = {}, [], []
-        if cfg.stac.landcover:
-            from pw_ray import synthetic
-
-            names = list(synthetic.LANDCOVER_CLASSES)
-            codes = [synthetic.WORLDCOVER_CODES[n] for n in names]
-            lc_hrefs = {"landcover": cfg.stac.landcover}
         return Source(searcher_for(cfg.stac), adapter_for(cfg.stac.catalog), None, cfg.stac.biome_path,
-                      lc_hrefs, codes, names)
+                      landcover_source(cfg.stac))
     from shapely.geometry import shape
 
     from pw_ray import synthetic
@@ -101,45 +99,11 @@ def source(cfg: ExperimentConfig) -> Source:
         region = regions_of(np.array([c.x]), np.array([c.y]))[0]
         if region and not inner.is_empty:
             coverage.setdefault(region, []).append(inner)
-    lc_hrefs = {it["properties"]["synthetic:scene"]: it["assets"]["map"]["href"]
-                for it in synthetic.load_landcover_items(info)}
-    names = list(synthetic.LANDCOVER_CLASSES)
-    codes = [synthetic.WORLDCOVER_CODES[n] for n in names]
     searcher = searcher_for(cfg.stac, archive_items_uri=str(info.items_path))
-    if cfg.stac.landcover:
-        lc_hrefs = {"landcover": cfg.stac.landcover}
+    # Unset stac.landcover: the archive's synthetic-landcover collection, read like any STAC collection.
+    landcover = landcover_source(cfg.stac, synthetic_items=str(info.landcover_items_path))
     return Source(searcher, adapter_for(cfg.stac.catalog), coverage, cfg.stac.biome_path or str(info.biomes_path),
-                  lc_hrefs, codes, names)
-
-
-def _landcover_at(src: Source):
-    """A (lons, lats) → class-name callable reading the synthetic land-cover layer at points."""
-    if not src.landcover_hrefs:
-        return None
-    import rasterio
-    from rasterio.warp import transform as warp
-    from rasterio.warp import transform_bounds
-
-    code_to_name = dict(zip(src.lc_codes, src.lc_names))
-    hrefs = sorted(set(src.landcover_hrefs.values()))
-
-    def at(lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
-        out = np.full(len(lons), None, dtype=object)
-        for href in hrefs:
-            with rasterio.open(href) as ds:
-                w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
-                near = np.flatnonzero((lons >= w) & (lons <= e) & (lats >= s) & (lats <= n))
-                if not len(near):  # only project points near the scene: far ones fail in UTM
-                    continue
-                xs, ys = warp("EPSG:4326", ds.crs, list(lons[near]), list(lats[near]))
-                rows, cols = (np.asarray(v) for v in rasterio.transform.rowcol(ds.transform, xs, ys))
-                band = ds.read(1)
-                for i, r, c in zip(near, rows, cols):
-                    if out[i] is None and 0 <= r < ds.height and 0 <= c < ds.width:
-                        out[i] = code_to_name.get(int(band[r, c]))
-        return out
-
-    return at
+                  landcover)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -159,7 +123,7 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
         return
     t0 = time.perf_counter()
     src = src or source(cfg)
-    lc = _landcover_at(src)
+    lc = src.landcover  # callable: (lons, lats) → class names, sampled pixel by pixel
     for name, kind, spec in _point_sets(cfg):
         uri = storage.join(cfg.root, "points", f"{name}.parquet")
         if storage.exists(uri) and not force:
@@ -205,8 +169,7 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
             summaries[name] = s.__dict__
             print(f"ingest {s.line()}", flush=True)
             continue
-        s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover_hrefs,
-                       src.lc_codes, src.lc_names)
+        s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover)
         summaries[name] = s.__dict__
         print(f"ingest {s.line()}", flush=True)
         if kind == "task":

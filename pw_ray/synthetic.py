@@ -47,6 +47,7 @@ from scipy import ndimage
 from pw_ray import bands as B
 from pw_ray import storage
 from pw_ray.config import CONTINENTS, SyntheticArchive
+from pw_ray.ingest.landcover import WORLDCOVER_CLASSES, WORLDCOVER_CODES  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,8 @@ LC_EXTENSIONS = [
 
 # --------------------------------------------------------------------------- land cover
 
-#: ESA WorldCover-like classes, in the order used by ``lc_fractions`` everywhere.
-LANDCOVER_CLASSES: tuple[str, ...] = (
-    "tree", "shrub", "grass", "crop", "built", "bare", "snow", "water", "wetland", "mangrove", "moss",
-)
-WORLDCOVER_CODES: dict[str, int] = dict(zip(LANDCOVER_CLASSES, (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)))
+#: ESA WorldCover's classes and codes, in the order used by ``lc_fractions`` everywhere.
+LANDCOVER_CLASSES: tuple[str, ...] = WORLDCOVER_CLASSES
 
 # Surface reflectance (0–1) per class in SPECTRAL_BANDS order
 # B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12. Shapes follow the textbook curves:

@@ -733,6 +733,8 @@ class StacStack:
     api_proxy: FaultProxy | None = None
     cog_proxy: FaultProxy | None = None
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+    landcover_collection: str = ""
+    landcover_items: list[dict] = field(default_factory=list)  # synthetic-landcover as loaded (HTTP hrefs)
 
     @property
     def proxies(self) -> list[FaultProxy]:
@@ -753,7 +755,7 @@ def stac_stack(info, pg: Postgres, cog: CogServer, dbname: str, plan: FaultPlan 
     With ``plan`` (or ``api_plan``/``cog_plan``) the API and the COG server each get a
     :class:`FaultProxy`, and the items' hrefs point at the COG proxy.
     """
-    from pw_ray.synthetic import S2_COLLECTION
+    from pw_ray.synthetic import LC_COLLECTION, S2_COLLECTION
 
     api_plan = api_plan or plan
     cog_plan = cog_plan or plan
@@ -769,7 +771,8 @@ def stac_stack(info, pg: Postgres, cog: CogServer, dbname: str, plan: FaultPlan 
         if api_plan is not None:
             api_proxy = stack.enter_context(FaultProxy(api.url, api_plan, name=f"{dbname}-api"))
         st = StacStack(api_proxy.url if api_proxy else api.url, cog_url, S2_COLLECTION, loaded[S2_COLLECTION],
-                       Path(info.root), api_proxy, cog_proxy, stack.pop_all())
+                       Path(info.root), api_proxy, cog_proxy, stack.pop_all(),
+                       landcover_collection=LC_COLLECTION, landcover_items=loaded[LC_COLLECTION])
         try:
             yield st
         finally:

@@ -27,6 +27,7 @@ from pw_ray.config import ChipSpec
 from pw_ray.ingest import chips as C
 from pw_ray.ingest import shards as S
 from pw_ray.ingest.catalogs import CatalogAdapter, baseline_of, redact
+from pw_ray.ingest.landcover import LandcoverSource
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,12 @@ def assign_chunks(index: pd.DataFrame, chunk_size: int) -> pd.DataFrame:
 
 def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name: str, region: str,
                 chunk: int, adapter: CatalogAdapter, spec: ChipSpec,
-                landcover: dict[str, str] | None = None, lc_codes: list[int] | None = None,
-                lc_names: list[str] | None = None) -> dict:
-    """Read one chunk's chips scene by scene and write its Parquet (+ tar). Idempotent."""
+                landcover: LandcoverSource | None = None) -> dict:
+    """Read one chunk's chips scene by scene and write its Parquet (+ tar). Idempotent.
+
+    ``landcover``: each chip's class fractions (``lc_fractions``, in ``landcover.names`` order)
+    and its dominant class come from it; without it chips keep the point's planned label.
+    """
     pq_uri = S.parquet_uri(root, set_name, region, chunk)
     tar_uri = S.wds_uri(root, set_name, region, chunk)
     if storage.exists(pq_uri) and (not spec.webdataset or storage.exists(tar_uri)):
@@ -136,8 +140,8 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                 sc = C.read_scene_chips(item, adapter, wins, spec.bands, spec.size_px, spec.resampling,
                                         spec.resolution_m)
                 lc = None
-                if landcover and item_id in landcover and lc_codes:
-                    lc = C.read_landcover(landcover[item_id], wins, spec.size_px, lc_codes, spec.resolution_m)
+                if landcover is not None:
+                    lc = landcover.fractions(C.scene_grid(item, adapter, spec.resolution_m), wins, spec.size_px)
             except Exception as err:  # a failing scene costs its chips, never the job
                 log.warning("scene %s failed: %s", item_id, redact(err))
                 failed += [(pid, redact(f"{type(err).__name__}: {err}")) for pid in grp["chip_id"]]
@@ -147,7 +151,7 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                 frac = lc[i] if lc is not None else np.zeros(0, np.float32)
                 lc_name = r.landcover
                 if lc is not None and frac.sum() > 0:
-                    lc_name = lc_names[int(np.argmax(frac))]
+                    lc_name = landcover.names[int(np.argmax(frac))]
                 metas.append(dict(
                     chip_id=str(r.chip_id), set=set_name, point_id=r.point_id, lon=float(r.lon),
                     lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
@@ -188,8 +192,7 @@ def ingest_parallelism(n_units: int, cluster_cpus: float, override: int | None =
 
 
 def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter,
-               spec: ChipSpec, landcover: dict[str, str] | None = None,
-               lc_codes: list[int] | None = None, lc_names: list[str] | None = None,
+               spec: ChipSpec, landcover: LandcoverSource | None = None,
                parallelism: int | None = None) -> IngestSummary:
     """Ingest one set of points into shards under ``root`` with Ray Data. Resumable."""
     import ray
@@ -236,7 +239,7 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
 
         def _do(task: dict) -> dict:
             return write_chunk(pd.DataFrame(rows_of[(task["region"], task["chunk"])]), items, root, set_name,
-                               task["region"], task["chunk"], adapter, spec, landcover, lc_codes, lc_names)
+                               task["region"], task["chunk"], adapter, spec, landcover)
 
         parallelism = ingest_parallelism(len(tasks), ray.cluster_resources().get("CPU", 0), override)
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))

@@ -98,8 +98,7 @@ def test_rerun_reuses_every_chunk_and_changes_nothing(ingested, ray_session):
     before = {f: storage.read_bytes(f) for f in S.shard_files(ingested.root, "mix")}
     src = E.source(ingested)
     pts = storage.read_table(storage.join(ingested.root, "points", "mix.parquet")).to_pandas()
-    s = run_ingest(ingested.root, "mix", pts, src.searcher, src.adapter, ingested.chips, src.landcover_hrefs,
-                   src.lc_codes, src.lc_names)
+    s = run_ingest(ingested.root, "mix", pts, src.searcher, src.adapter, ingested.chips, src.landcover)
     assert s.chunks_written == 0 and s.chunks_reused == len(before)
     assert {f: storage.read_bytes(f) for f in S.shard_files(ingested.root, "mix")} == before
 
@@ -114,8 +113,7 @@ def test_lost_chunk_is_rewritten_identically(ingested, ray_session):
     storage.remove(victim)
     src = E.source(ingested)
     pts = storage.read_table(storage.join(ingested.root, "points", "mix.parquet")).to_pandas()
-    s = run_ingest(ingested.root, "mix", pts, src.searcher, src.adapter, ingested.chips, src.landcover_hrefs,
-                   src.lc_codes, src.lc_names)
+    s = run_ingest(ingested.root, "mix", pts, src.searcher, src.adapter, ingested.chips, src.landcover)
     assert s.chunks_written == 1
     again = storage.read_table(victim)
     assert again.column("chip_id").to_pylist() == original.column("chip_id").to_pylist()

@@ -19,8 +19,9 @@ from shapely.geometry import shape
 from pw_ray.config import ChipSpec
 from pw_ray.ingest import shards as S
 from pw_ray.ingest.catalogs import adapter_for
+from pw_ray.ingest.landcover import StacLandcover
 from pw_ray.ingest.search import ApiSearch, StaticSearch
-from pw_ray.synthetic import S2_COLLECTION, load_items
+from pw_ray.synthetic import LC_COLLECTION, S2_COLLECTION, load_items
 from tests.ingest.conftest import API_TIMEOUT_S
 from tests.servers import FAULT_KINDS, FaultPlan, FaultProxy
 
@@ -182,10 +183,10 @@ def test_cog_window_over_vsicurl_equals_local_read(stac_api, stac_archive):
 SPEC = ChipSpec(size_px=32, max_cloud_fraction=0.5, max_nodata_fraction=0.5, chunk_size=8, webdataset=False)
 
 
-def _ingest(root, searcher, points):
+def _ingest(root, searcher, points, landcover=None):
     from pw_ray.ingest.pipeline import run_ingest
 
-    summary = run_ingest(str(root), "stacapi", points, searcher, adapter_for("planetary-computer"), SPEC)
+    summary = run_ingest(str(root), "stacapi", points, searcher, adapter_for("planetary-computer"), SPEC, landcover)
     log.info("ingest into %s: %s", root, summary.line())
     table = S.read_set(str(root), "stacapi")
     order = np.argsort(np.array(table.column("chip_id").to_pylist()))
@@ -195,9 +196,14 @@ def _ingest(root, searcher, points):
 
 @pytest.fixture(scope="module")
 def static_chips(stac_archive, ray_session, tmp_path_factory):
-    """The reference: the same points ingested from local files with StaticSearch."""
+    """The reference: the same points ingested from local files with StaticSearch (land cover too)."""
     local = load_items(stac_archive)
-    return _ingest(tmp_path_factory.mktemp("ingest-static"), _static(local, max_cloud=60.0), _points(local))
+    return _ingest(tmp_path_factory.mktemp("ingest-static"), _static(local, max_cloud=60.0), _points(local),
+                   _local_landcover(stac_archive))
+
+
+def _local_landcover(info) -> StacLandcover:
+    return StacLandcover(collection=LC_COLLECTION, url=str(info.landcover_items_path), kind="static")
 
 
 def _assert_same_chips(got, want, api_items):
@@ -216,6 +222,24 @@ def test_ingest_through_the_api_equals_local_ingest(stac_api, static_chips, ray_
     searcher = _api(stac_api.api_url, max_cloud=60.0)
     got = _ingest(tmp_path / "root", searcher, _points(stac_api.items))
     _assert_same_chips(got, static_chips, stac_api.items)
+
+
+def test_land_cover_through_the_api_equals_local_land_cover(stac_api, stac_archive, static_chips, ray_session,
+                                                           tmp_path):
+    """The synthetic-landcover collection searched in pgstac and read over HTTP labels like local files."""
+    lc = StacLandcover(collection=stac_api.landcover_collection, url=stac_api.api_url, kind="api", timeout_s=10)
+    assert all(it["assets"]["map"]["href"].startswith(stac_api.cog_url) for it in stac_api.landcover_items)
+    points = _points(stac_api.items)
+    labels = lc.classes_at(points["lon"].to_numpy(), points["lat"].to_numpy())
+    local = _local_landcover(stac_archive).classes_at(points["lon"].to_numpy(), points["lat"].to_numpy())
+    assert labels.tolist() == local.tolist() and sum(v is not None for v in labels) == len(points) - 1  # sea: None
+    got = _ingest(tmp_path / "root", _api(stac_api.api_url, max_cloud=60.0), points, lc)
+    _assert_same_chips(got, static_chips, stac_api.items)
+    (_, m1, _), (_, m0, _) = got, static_chips
+    want = np.stack(m0["lc_fractions"])
+    assert want.shape == (len(m0), len(lc.codes)) and (want.sum(axis=1) > 0.99).all()
+    np.testing.assert_array_equal(np.stack(m1["lc_fractions"]), want)
+    assert m1["landcover"].tolist() == m0["landcover"].tolist()
 
 
 def test_ingest_survives_a_flaky_api_and_cog_server(flaky_stac_api, static_chips, ray_session, tmp_path):
