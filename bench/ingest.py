@@ -1,11 +1,15 @@
 """Ingest benchmark: the Ray Data pipeline vs a naive per-chip loop vs the COG decode limit.
 
-On one synthetic archive built in a temp dir (``scenes_per_region`` 2, ``scene_px`` 480 by
-default), side by side in one run:
+On one synthetic archive built in a temp dir (``scenes_per_region`` 2, ``scene_px`` 480 and
+256 px COG tiles by default: dense, many chips share each block; ``--block-px 1024 --scene-px
+2040 --scenes-per-region 1`` is closer to real Sentinel-2 L2A COGs, 1024 px tiles), side by side
+in one run:
 
 * **pipeline**: ``run_ingest`` after Ray start-up. The search/index phase (scene search, SCL
   screening) is timed separately; ``chips_per_s`` is the shard phase (read grouped by scene,
   write Parquet + WebDataset), measured by rerunning with the index kept and the shards removed.
+* **one process**: the same shard phase without Ray — ``write_chunk`` over every chunk in a
+  loop in this process — so Ray's share of the pipeline's time is visible.
 * **naive**: for each chip, for each band (and SCL), ``rasterio.open`` the asset and read the
   chip's window (resampled to 10 m) on its own.
 * **decode limit**: one process, a tight loop that opens each needed asset once and reads each
@@ -147,6 +151,23 @@ def decode_limit(index, items, adapter, spec) -> tuple[float, int]:
     return time.perf_counter() - t0, n_blocks
 
 
+def _landcover_kwargs(src) -> dict:
+    return dict(landcover=src.landcover_hrefs, lc_codes=src.lc_codes, lc_names=src.lc_names)
+
+
+def one_process(root, name, index, items, src, spec) -> float:
+    """Seconds for the shard phase in this process, no Ray: ``write_chunk`` for every chunk."""
+    from pw_ray import storage
+    from pw_ray.ingest.pipeline import assign_chunks, write_chunk
+
+    out = storage.join(root, "one-process")
+    chunked = assign_chunks(index, spec.chunk_size)
+    t0 = time.perf_counter()
+    for (region, k), rows in chunked.groupby(["region", "chunk"], sort=True):
+        write_chunk(rows, items, out, name, region, int(k), src.adapter, spec, **_landcover_kwargs(src))
+    return time.perf_counter() - t0
+
+
 # ----------------------------------------------------------------------------- pipeline
 def run_pipeline(root: str, name: str, pts, src, spec):
     """(index seconds, shard seconds, peak RSS MB, kept chips) of one set through run_ingest."""
@@ -172,6 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=2, help="Ray CPUs (cores used by the pipeline)")
     ap.add_argument("--size-px", type=int, default=96)
     ap.add_argument("--scene-px", type=int, default=480)
+    ap.add_argument("--block-px", type=int, default=256, help="COG tile side (real S2 L2A: 1024)")
     ap.add_argument("--scenes-per-region", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args(argv)
@@ -192,7 +214,8 @@ def main(argv=None) -> int:
         "pretrain_sets": [{"name": "b1", "region": "global", "size": args.points, "seed": 1}],
         "stac": {"kind": "synthetic", "max_cloud_cover": 60,
                  "synthetic": {"seed": 0, "scenes_per_region": args.scenes_per_region,
-                               "scene_px": args.scene_px, "cloudy_fraction": 0.3}},
+                               "scene_px": args.scene_px, "block_px": args.block_px,
+                               "cloudy_fraction": 0.3}},
         "chips": {"size_px": args.size_px, "max_cloud_fraction": 0.3, "max_nodata_fraction": 0.1,
                   "chunk_size": 64},
     })
@@ -220,6 +243,7 @@ def main(argv=None) -> int:
         items_df = storage.read_table(storage.join(root, "index", "b1-items.parquet")).to_pandas()
         items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
         n = res[1]["chips"]
+        t_one = one_process(root, "b1", index, items, src, cfg.chips)
         t_naive = naive_loop(index, items, src.adapter, cfg.chips)
         t_dec, n_blocks = decode_limit(index, items, src.adapter, cfg.chips)
     finally:
@@ -230,11 +254,13 @@ def main(argv=None) -> int:
     pipe = n / res[1]["shards_s"]
     pipe4 = res[4]["chips"] / res[4]["shards_s"]
     naive = n / t_naive
+    one = n / t_one
     dec = n / t_dec
     rows = [
         ("pipeline shard phase (1x)", pipe, f"{args.cores} cores, {pipe / args.cores:.1f}/s per core"),
         ("pipeline shard phase (4x)", pipe4, f"{args.cores} cores, {pipe4 / args.cores:.1f}/s per core"),
         ("pipeline index phase (1x)", n / max(res[1]["index_s"], 1e-9), "search + SCL screening, separate"),
+        ("one process, no Ray", one, "1 core, write_chunk in a loop"),
         ("naive per-chip loop", naive, "1 core, open per chip per band"),
         ("decode limit", dec, f"1 core, {n_blocks} blocks decoded once each"),
     ]
@@ -245,9 +271,12 @@ def main(argv=None) -> int:
         "chips": n, "cores": args.cores, "size_px": args.size_px, "bands": len(cfg.chips.bands),
         "chips_per_s": round(pipe, 2), "chips_per_s_4x": round(pipe4, 2),
         "index_chips_per_s": round(n / max(res[1]["index_s"], 1e-9), 2),
+        "one_process_chips_per_s": round(one, 2),
         "naive_chips_per_s": round(naive, 2), "decode_limit_chips_per_s": round(dec, 2),
         "ratio_vs_naive": round(pipe / naive, 3),
         "ratio_vs_decode_limit": round(pipe / args.cores / dec, 3),
+        "one_process_vs_decode_limit": round(one / dec, 3),
+        "block_px": args.block_px, "scene_px": args.scene_px,
         "peak_rss_mb": {"1x": round(res[1]["peak_rss_mb"]), "4x": round(res[4]["peak_rss_mb"])},
     }
     print(json.dumps(out), flush=True)

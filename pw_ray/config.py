@@ -82,6 +82,9 @@ class SyntheticArchive(_Strict):
     scenes_per_region: int = Field(3, gt=0)
     scene_px: int = Field(480, ge=96, description="scene side at 10 m, pixels (multiple of 6)")
     cloudy_fraction: float = Field(0.3, ge=0, le=1, description="share of scenes with clouds")
+    block_px: int = Field(256, ge=128, le=2048, multiple_of=16,
+                          description="COG tile side in pixels for grids at least that large (smaller "
+                                      "grids: 256 or 128); real Sentinel-2 L2A COGs use 1024")
 
     @field_validator("scene_px")
     @classmethod

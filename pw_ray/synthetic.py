@@ -519,11 +519,13 @@ def _baseline_offset(baseline: str) -> bool:
 
 # --------------------------------------------------------------------------- writing
 
-def _write_cog(path: Path, array: np.ndarray, epsg: int, transform: Affine) -> None:
-    """Write a one-band COG atomically (deflate, 256 px tiles, 128 for small grids, no overviews)."""
+def _write_cog(path: Path, array: np.ndarray, epsg: int, transform: Affine, block_px: int = 256) -> None:
+    """Write a one-band COG atomically: deflate, no overviews, ``block_px`` tiles for grids at
+    least that large, else 256 px (128 for grids of 256 px or less)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    block = 256 if max(array.shape) > 256 else 128
+    side = max(array.shape)
+    block = block_px if side >= block_px else (256 if side > 256 else 128)
     with rasterio.open(
         tmp, "w", driver="COG", width=array.shape[1], height=array.shape[0], count=1, dtype=array.dtype.name,
         crs=f"EPSG:{epsg}", transform=transform, nodata=0, compress="DEFLATE", predictor=2, blocksize=block,
@@ -543,13 +545,13 @@ def _build_scene(root: Path, scene: _Scene, spec: SyntheticArchive) -> tuple[dic
         res = B.resolution(key)
         transform = Affine(res, 0, x0, 0, -res, y0)
         href = root / "cogs" / scene.item_id / f"{key}.tif"
-        _write_cog(href, arrays[key], scene.epsg, transform)
+        _write_cog(href, arrays[key], scene.epsg, transform, spec.block_px)
         assets[key] = _asset(key, href, arrays[key].shape, transform, scene.baseline)
 
     lc_id = f"lc-{scene.item_id}"
     lc_href = root / "cogs" / lc_id / "map.tif"
     transform10 = Affine(10, 0, x0, 0, -10, y0)
-    _write_cog(lc_href, _CODE_OF_CLASS[lc], scene.epsg, transform10)
+    _write_cog(lc_href, _CODE_OF_CLASS[lc], scene.epsg, transform10, spec.block_px)
 
     corners = _corners(scene, size)
     scl = arrays[B.SCL]

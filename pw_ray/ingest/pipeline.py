@@ -57,11 +57,17 @@ class IngestSummary:
 def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec) -> pd.DataFrame:
     """Choose a scene and a chip window for each point (pure function of its inputs).
 
+    Each point takes the first of its candidate scenes (best cloud cover first) whose chip passes
+    the cloud and no-data limits. The SCL screening runs in rounds over the candidates' rank:
+    round k groups the still-undecided points by their k-th candidate scene and reads that
+    scene's SCL once for all of them (one open, overlapping windows decoded once), instead of
+    one open per point and candidate — over HTTP an open costs a round trip or two.
+
     With ``searcher.seasons`` = N > 1 (``stac.seasons``) each point gets N rows, one per date
     window, with ``chip_id`` ``<point_id>-s<k>``; otherwise ``chip_id`` is the ``point_id``.
     """
-    rows, items = [], {}
     n_seasons = int(getattr(searcher, "seasons", 1) or 1)
+    rows, cands, reasons, items = [], [], [], {}
     for p in points.itertuples(index=False):
         for season in range(n_seasons):
             row = {c: getattr(p, c, None) for c in ("point_id", "set", "lon", "lat", "region", "biome", "landcover")}
@@ -69,43 +75,89 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
             row.update(status="skipped", reason="no scene", item_id=None, collection="", datetime="",
                        baseline="", epsg=0, row_off=-1, col_off=-1, cloud_fraction=float("nan"),
                        nodata_fraction=float("nan"))
+            found: list[dict] = []
             try:
-                cands = (searcher.candidates(float(p.lon), float(p.lat)) if n_seasons == 1
+                found = (searcher.candidates(float(p.lon), float(p.lat)) if n_seasons == 1
                          else searcher.candidates(float(p.lon), float(p.lat), season=season))
-                reasons = []
-                with C.gdal_env():
-                    for item in cands:
-                        grid = C.scene_grid(item, adapter, spec.resolution_m)
-                        win = C.chip_window(grid, float(p.lon), float(p.lat), spec.size_px)
-                        if win is None:
-                            reasons.append(f"{item['id']}: point outside scene grid")
-                            continue
-                        scl = C.read_scl(item, adapter, [win], spec.size_px, spec.resolution_m)
-                        cloud = float(np.isin(scl, C.B.SCL_CLOUDY).mean())
-                        nodata = float((scl == C.B.SCL_NODATA).mean())
-                        if cloud > spec.max_cloud_fraction:
-                            reasons.append(f"cloud {cloud:.2f} > {spec.max_cloud_fraction}")
-                            continue
-                        if nodata > spec.max_nodata_fraction:
-                            reasons.append(f"nodata {nodata:.2f} > {spec.max_nodata_fraction}")
-                            continue
-                        for band in spec.bands:  # fail early, naming the band, if an asset is missing
-                            adapter.asset_key(item, band)
-                        row.update(status="ok", reason="", item_id=item["id"],
-                                   collection=item.get("collection"),
-                                   datetime=item["properties"].get("datetime"), epsg=grid.epsg,
-                                   row_off=win[0], col_off=win[1], cloud_fraction=cloud,
-                                   nodata_fraction=nodata, baseline=baseline_of(item))
-                        items[item["id"]] = item
-                        break
-                if row["status"] != "ok" and reasons:
-                    row["reason"] = reasons[0] if len(set(r.split(" ")[0] for r in reasons)) == 1 else "; ".join(reasons[:3])
             except Exception as err:  # a bad point costs that point, never the job
                 row.update(status="failed", reason=redact(f"{type(err).__name__}: {err}"))
             rows.append(row)
+            cands.append(found)
+            reasons.append([])
+
+    pending = [i for i, r in enumerate(rows) if r["status"] != "failed"]
+    rank = 0
+    with C.gdal_env():
+        while pending:
+            by_scene: dict[str, list[int]] = {}
+            for i in pending:
+                if rank < len(cands[i]):
+                    by_scene.setdefault(cands[i][rank]["id"], []).append(i)
+            for scene_id, members in by_scene.items():
+                _screen_scene(cands[members[0]][rank], members, rows, reasons, items, adapter, spec)
+            pending = [i for i in pending if rows[i]["status"] == "skipped" and rank + 1 < len(cands[i])]
+            rank += 1
+    for row, why in zip(rows, reasons):
+        if row["status"] == "skipped" and why:
+            row["reason"] = why[0] if len(set(r.split(" ")[0] for r in why)) == 1 else "; ".join(why[:3])
     df = pd.DataFrame(rows).reindex(columns=INDEX_COLUMNS)
-    df["items_json"] = df["item_id"].map(lambda i: json.dumps(items[i]) if i in items else None)
+    dumped = {k: json.dumps(v) for k, v in items.items()}
+    df["items_json"] = df["item_id"].map(lambda i: dumped.get(i))
     return df
+
+
+#: Points per index task. Fixed, so that which points share an SCL read (and so the index) does
+#: not depend on the cluster's size.
+INDEX_BATCH = 64
+
+
+def spatial_batches(points: pd.DataFrame, size: int = INDEX_BATCH) -> list[pd.DataFrame]:
+    """Points cut into batches of ``size`` after sorting by region and 1° cell, so the points
+    of a batch share scenes (one SCL open per scene per batch); deterministic."""
+    order = points.assign(_cy=np.floor(points["lat"].astype(float)), _cx=np.floor(points["lon"].astype(float)))
+    order = order.sort_values(["region", "_cy", "_cx", "point_id"], kind="stable").drop(columns=["_cy", "_cx"])
+    order = order.reset_index(drop=True)
+    return [order.iloc[i:i + size] for i in range(0, len(order), size)]
+
+
+def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: list[list[str]],
+                  items: dict, adapter: CatalogAdapter, spec: ChipSpec) -> None:
+    """One candidate scene for several points: chip windows, one SCL read, accept or note why not."""
+    try:
+        grid = C.scene_grid(item, adapter, spec.resolution_m)
+        wins = {i: C.chip_window(grid, float(rows[i]["lon"]), float(rows[i]["lat"]), spec.size_px)
+                for i in members}
+        inside = [i for i in members if wins[i] is not None]
+        for i in members:
+            if wins[i] is None:
+                reasons[i].append(f"{item['id']}: point outside scene grid")
+        if not inside:
+            return
+        scl = C.read_scl(item, adapter, [wins[i] for i in inside], spec.size_px, spec.resolution_m)
+    except Exception as err:  # a bad scene costs the points that reached it, never the job
+        for i in members:
+            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"))
+        return
+    cloud = np.isin(scl, C.B.SCL_CLOUDY).mean(axis=(1, 2))
+    nodata = (scl == C.B.SCL_NODATA).mean(axis=(1, 2))
+    for k, i in enumerate(inside):
+        if cloud[k] > spec.max_cloud_fraction:
+            reasons[i].append(f"cloud {cloud[k]:.2f} > {spec.max_cloud_fraction}")
+            continue
+        if nodata[k] > spec.max_nodata_fraction:
+            reasons[i].append(f"nodata {nodata[k]:.2f} > {spec.max_nodata_fraction}")
+            continue
+        try:
+            for band in spec.bands:  # fail early, naming the band, if an asset is missing
+                adapter.asset_key(item, band)
+        except Exception as err:
+            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"))
+            continue
+        rows[i].update(status="ok", reason="", item_id=item["id"], collection=item.get("collection"),
+                       datetime=item["properties"].get("datetime"), epsg=grid.epsg,
+                       row_off=wins[i][0], col_off=wins[i][1], cloud_fraction=float(cloud[k]),
+                       nodata_fraction=float(nodata[k]), baseline=baseline_of(item))
+        items[item["id"]] = item
 
 
 def assign_chunks(index: pd.DataFrame, chunk_size: int) -> pd.DataFrame:
@@ -210,12 +262,11 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
         index = storage.read_table(index_uri).to_pandas()
     else:
         log.info("ingest %s: searching scenes for %d points", set_name, len(points))
-        batch = max(1, min(64, -(-len(points) // (parallelism * 2))))
-        pts = points.reset_index(drop=True)
-        ds = ray.data.from_pandas([pts.iloc[i:i + batch] for i in range(0, len(pts), batch)])
+        batches = spatial_batches(points)
+        ds = ray.data.from_pandas(batches)
         ds = ds.map_batches(
             index_points, fn_kwargs=dict(searcher=searcher, adapter=adapter, spec=spec),
-            batch_format="pandas", batch_size=batch,
+            batch_format="pandas", batch_size=INDEX_BATCH,
             compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1,
         )
         index = ds.to_pandas().sort_values(["point_id", "chip_id"]).reset_index(drop=True)

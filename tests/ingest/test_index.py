@@ -1,0 +1,116 @@
+"""The chip index: candidates screened in rounds, one SCL read per scene per batch of points."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from shapely.geometry import shape
+
+from pw_ray.config import ChipSpec
+from pw_ray.ingest import chips as C
+from pw_ray.ingest import pipeline as P
+from pw_ray.ingest.catalogs import PlanetaryComputer
+from pw_ray.ingest.search import StaticSearch
+from pw_ray.synthetic import load_items
+
+
+def _points(item, n, seed=0):
+    """``n`` points inside an item's footprint (well inside: chips fit)."""
+    g = shape(item["geometry"])
+    (x0, y0, x1, y1), rng = g.bounds, np.random.default_rng(seed)
+    lon = x0 + (x1 - x0) * (0.3 + 0.4 * rng.random(n))
+    lat = y0 + (y1 - y0) * (0.3 + 0.4 * rng.random(n))
+    return pd.DataFrame({"point_id": [f"p-{i:03d}" for i in range(n)], "set": "s", "lon": lon, "lat": lat,
+                         "region": "af", "biome": "unknown", "landcover": "unknown"})
+
+
+def _twin(item, suffix, cloud):
+    it = json.loads(json.dumps(item))
+    it["id"] = f"{item['id']}-{suffix}"
+    it["properties"]["eo:cloud_cover"] = cloud
+    return it
+
+
+def _spy_scl(monkeypatch, fail_for=()):
+    calls = []
+    real = C.read_scl
+
+    def spy(item, adapter, windows, size_px, res=10.0):
+        calls.append((item["id"], len(windows)))
+        if item["id"] in fail_for:
+            raise OSError(f"cannot read SCL of {item['id']}")
+        return real(item, adapter, windows, size_px, res)
+
+    monkeypatch.setattr(C, "read_scl", spy)
+    return calls
+
+
+def test_one_scl_read_per_scene_for_all_points_of_a_batch(stac_archive, monkeypatch):
+    item = load_items(stac_archive)[0]
+    pts = _points(item, 12)
+    calls = _spy_scl(monkeypatch)
+    search = StaticSearch([item], collection=None, datetime_range="2023-01-01/2023-12-31",
+                          max_cloud_cover=100, max_items=3)
+    spec = ChipSpec(size_px=32, max_cloud_fraction=1.0, max_nodata_fraction=1.0, chunk_size=8)
+    index = P.index_points(pts, search, PlanetaryComputer(), spec)
+    assert (index["status"] == "ok").all()
+    assert calls == [(item["id"], 12)]  # not 12 opens of the same SCL asset
+
+
+def test_a_point_falls_back_to_its_next_scene_in_order(stac_archive, monkeypatch):
+    item = load_items(stac_archive)[0]
+    best, second = _twin(item, "a", 1.0), _twin(item, "b", 2.0)
+    pts = _points(item, 5, seed=1)
+    calls = _spy_scl(monkeypatch)
+    # Every chip of the best scene is all cloud …
+    real_read = C.read_scl  # the spy
+
+    def cloudy_first(it, adapter, windows, size_px, res=10.0):
+        scl = real_read(it, adapter, windows, size_px, res)
+        return np.full_like(scl, 9) if it["id"] == best["id"] else scl  # SCL 9: cloud, high probability
+
+    monkeypatch.setattr(C, "read_scl", cloudy_first)
+    search = StaticSearch([second, best], collection=None, datetime_range="2023-01-01/2023-12-31",
+                          max_cloud_cover=100, max_items=3)
+    spec = ChipSpec(size_px=32, max_cloud_fraction=0.5, max_nodata_fraction=1.0, chunk_size=8)
+    index = P.index_points(pts, search, PlanetaryComputer(), spec)
+    assert (index["status"] == "ok").all()
+    assert set(index["item_id"]) == {second["id"]}
+    assert calls == [(best["id"], 5), (second["id"], 5)]  # round 0: the best scene for all, round 1: the next
+    # … and with only the cloudy scene, every point is skipped with the reason.
+    search1 = StaticSearch([best], collection=None, datetime_range="2023-01-01/2023-12-31",
+                           max_cloud_cover=100, max_items=3)
+    index1 = P.index_points(pts, search1, PlanetaryComputer(), spec)
+    assert (index1["status"] == "skipped").all()
+    assert index1["reason"].str.startswith("cloud 1.00 > 0.5").all()
+
+
+def test_a_scene_that_cannot_be_read_fails_only_its_points(stac_archive, monkeypatch):
+    items = load_items(stac_archive)
+    bad, good = items[0], items[1]
+    pts = pd.concat([_points(bad, 3), _points(good, 4, seed=2).assign(point_id=lambda d: "q" + d["point_id"])])
+    _spy_scl(monkeypatch, fail_for={bad["id"]})
+    search = StaticSearch([bad, good], collection=None, datetime_range="2023-01-01/2023-12-31",
+                          max_cloud_cover=100, max_items=3)
+    spec = ChipSpec(size_px=32, max_cloud_fraction=1.0, max_nodata_fraction=1.0, chunk_size=8)
+    index = P.index_points(pts, search, PlanetaryComputer(), spec).set_index("point_id")
+    assert (index.loc[[f"p-{i:03d}" for i in range(3)], "status"] == "failed").all()
+    assert index.loc["p-000", "reason"].startswith("OSError: cannot read SCL of")
+    assert (index.loc[[f"qp-{i:03d}" for i in range(4)], "status"] == "ok").all()
+
+
+def test_spatial_batches_are_fixed_size_deterministic_and_grouped():
+    rng = np.random.default_rng(0)
+    n = 150
+    pts = pd.DataFrame({"point_id": [f"p{i:04d}" for i in range(n)], "region": rng.choice(["af", "eu"], n),
+                        "lon": rng.uniform(-20, 40, n), "lat": rng.uniform(-30, 60, n)})
+    a = P.spatial_batches(pts, 64)
+    b = P.spatial_batches(pts.sample(frac=1, random_state=3), 64)
+    assert [len(x) for x in a] == [64, 64, 22]
+    assert all(x["point_id"].tolist() == y["point_id"].tolist() for x, y in zip(a, b))
+    flat = pd.concat(a)
+    assert sorted(flat["point_id"]) == sorted(pts["point_id"])
+    # Sorted by region first: at most one batch holds both regions.
+    assert sum(x["region"].nunique() > 1 for x in a) <= 1
