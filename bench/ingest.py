@@ -151,10 +151,6 @@ def decode_limit(index, items, adapter, spec) -> tuple[float, int]:
     return time.perf_counter() - t0, n_blocks
 
 
-def _landcover_kwargs(src) -> dict:
-    return dict(landcover=src.landcover_hrefs, lc_codes=src.lc_codes, lc_names=src.lc_names)
-
-
 def one_process(root, name, index, items, src, spec) -> float:
     """Seconds for the shard phase in this process, no Ray: ``write_chunk`` for every chunk."""
     from pw_ray import storage
@@ -164,7 +160,7 @@ def one_process(root, name, index, items, src, spec) -> float:
     chunked = assign_chunks(index, spec.chunk_size)
     t0 = time.perf_counter()
     for (region, k), rows in chunked.groupby(["region", "chunk"], sort=True):
-        write_chunk(rows, items, out, name, region, int(k), src.adapter, spec, **_landcover_kwargs(src))
+        write_chunk(rows, items, out, name, region, int(k), src.adapter, spec, src.landcover)
     return time.perf_counter() - t0
 
 
