@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -276,21 +277,23 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
         index = index.drop(columns=["items_json"])
         storage.write_table(pa.Table.from_pandas(index, preserve_index=False), index_uri)
     items_df = storage.read_table(storage.join(root, "index", f"{set_name}-items.parquet")).to_pandas()
-    items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
+    items_json = dict(zip(items_df["item_id"], items_df["items_json"]))
 
     if n_stale := S.remove_partial(root, set_name):
         log.info("ingest %s: removed %d temp files of writes killed mid-way", set_name, n_stale)
     chunked = assign_chunks(index, spec.chunk_size)
-    tasks = [{"region": r, "chunk": int(k)} for (r, k) in
-             chunked[["region", "chunk"]].drop_duplicates().itertuples(index=False)]
+    # Each task carries its own chips (a pickled DataFrame) and the JSON of only its scenes, so
+    # a task deserialises its chunk, not the whole set's index and items.
+    tasks = [{"region": r, "chunk": int(k), "rows": pickle.dumps(g, protocol=5),
+              "items": json.dumps({i: items_json[i] for i in g["item_id"].unique()})}
+             for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)]
     results = []
     if tasks:
-        # Plain records, not DataFrames, cross the process boundary.
-        rows_of = {(r, int(k)): g.to_dict("records") for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)}
-
         def _do(task: dict) -> dict:
-            return write_chunk(pd.DataFrame(rows_of[(task["region"], task["chunk"])]), items, root, set_name,
-                               task["region"], task["chunk"], adapter, spec, landcover)
+            its = {i: json.loads(j) for i, j in json.loads(task["items"]).items()}
+            out = write_chunk(pickle.loads(task["rows"]), its, root, set_name, task["region"], task["chunk"],
+                              adapter, spec, landcover)
+            return out
 
         parallelism = ingest_parallelism(len(tasks), ray.cluster_resources().get("CPU", 0), override)
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
