@@ -172,7 +172,19 @@ class LandcoverSource:
             # move a class edge; 0, "exact", fails to build the VRT in rasterio 1.4).
             with WarpedVRT(ds, crs=crs, transform=transform, width=grid.width, height=grid.height,
                            resampling=Resampling.nearest, nodata=0, tolerance=WARP_TOLERANCE_PX) as vrt:
-                return [vrt.read(1, window=Window(windows[i][1], windows[i][0], size_px, size_px)) for i in which]
+                # Nearby chips (overlapping or adjacent) are warped as one rectangle, then sliced.
+                out = {}
+                wins = [windows[i] for i in which]
+                for group in C._read_groups(wins, size_px, C.MAX_UNION_RATIO):
+                    r0 = min(wins[g][0] for g in group)
+                    c0 = min(wins[g][1] for g in group)
+                    h = max(wins[g][0] for g in group) + size_px - r0
+                    w = max(wins[g][1] for g in group) + size_px - c0
+                    block = vrt.read(1, window=Window(c0, r0, w, h))
+                    for g in group:
+                        r, c = wins[g][0] - r0, wins[g][1] - c0
+                        out[g] = block[r:r + size_px, c:c + size_px]
+                return [out[g] for g in range(len(which))]
 
         with C.gdal_env():
             for href, which in self._rasters(boxes):
