@@ -10,10 +10,11 @@ in one run:
   write Parquet + WebDataset), measured by rerunning with the index kept and the shards removed.
 * **one process**: the same shard phase without Ray — ``write_chunk`` over every chunk in a
   loop in this process — so Ray's share of the pipeline's time is visible.
-* **naive**: for each chip, for each band (and SCL), ``rasterio.open`` the asset and read the
-  chip's window (resampled to 10 m) on its own.
-* **decode limit**: one process, a tight loop that opens each needed asset once and reads each
-  COG block the chips touch exactly once (``ds.read(window=block_window)``), nothing else.
+* **naive**: for each chip, for each raster it needs (10 bands, SCL, the land-cover layer),
+  ``rasterio.open`` it and read the chip's window (resampled to 10 m) on its own.
+* **decode limit**: one process, a tight loop that opens each needed raster once and reads each
+  COG block the chips touch exactly once (``ds.read(window=block_window)``), nothing else. The
+  land-cover layer counts: every chip record carries its class fractions.
 
 Ratios: ``ratio_vs_naive`` = pipeline chips/s ÷ naive chips/s (wall clock, all cores);
 ``ratio_vs_decode_limit`` = (pipeline chips/s ÷ cores used) ÷ decode-limit chips/s (per core).
@@ -96,35 +97,43 @@ def _ok_chips(index):
     return index[index["status"] == "ok"].sort_values(["item_id", "row_off", "col_off"])
 
 
-def naive_loop(index, items, adapter, spec) -> float:
-    """Seconds to read every kept chip one rasterio.open per chip per band (+ SCL)."""
+def _assets(item, adapter, spec, landcover_hrefs):
+    """(href, nearest?) of every raster a chip of ``item`` needs: its bands, SCL, its land cover."""
+    from pw_ray import bands as B
+
+    out = [(adapter.sign(adapter.href(item, band)), False) for band in spec.bands]
+    out.append((adapter.sign(adapter.href(item, B.SCL)), True))
+    if item["id"] in landcover_hrefs:
+        out.append((landcover_hrefs[item["id"]], True))
+    return out
+
+
+def naive_loop(index, items, adapter, spec, landcover_hrefs) -> float:
+    """Seconds to read every kept chip one rasterio.open per chip per raster (bands, SCL, land cover)."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
-    from pw_ray import bands as B
     from pw_ray.ingest import chips as C
 
     t0 = time.perf_counter()
     with C.gdal_env():
         for r in _ok_chips(index).itertuples(index=False):
-            item = items[r.item_id]
-            for band in list(spec.bands) + [B.SCL]:
-                href = adapter.sign(adapter.href(item, band))
+            for href, nearest in _assets(items[r.item_id], adapter, spec, landcover_hrefs):
                 with rasterio.open(href) as ds:
                     f = abs(ds.transform.a) / spec.resolution_m
                     w = Window(r.col_off / f, r.row_off / f, spec.size_px / f, spec.size_px / f)
-                    rs = Resampling.bilinear if f != 1 and band != B.SCL else Resampling.nearest
+                    rs = Resampling.bilinear if f != 1 and not nearest else Resampling.nearest
                     ds.read(1, window=w, out_shape=(spec.size_px, spec.size_px), resampling=rs)
     return time.perf_counter() - t0
 
 
-def decode_limit(index, items, adapter, spec) -> tuple[float, int]:
-    """Seconds to decode, once each, every COG block the kept chips touch; and the block count."""
+def decode_limit(index, items, adapter, spec, landcover_hrefs) -> tuple[float, int]:
+    """Seconds to decode, once each, every COG block the kept chips touch (bands, SCL and the
+    land-cover layer: a chip's record needs all three); and the block count."""
     import rasterio
     from rasterio.windows import Window
 
-    from pw_ray import bands as B
     from pw_ray.ingest import chips as C
 
     ok = _ok_chips(index)
@@ -132,9 +141,8 @@ def decode_limit(index, items, adapter, spec) -> tuple[float, int]:
     t0 = time.perf_counter()
     with C.gdal_env(GDAL_CACHEMAX=16 * 2**20):
         for item_id, grp in ok.groupby("item_id", sort=True):
-            item = items[item_id]
-            for band in list(spec.bands) + [B.SCL]:
-                with rasterio.open(adapter.href(item, band)) as ds:
+            for href, _ in _assets(items[item_id], adapter, spec, landcover_hrefs):
+                with rasterio.open(href) as ds:
                     f = abs(ds.transform.a) / spec.resolution_m
                     bh, bw = ds.block_shapes[0]
                     need = set()
@@ -240,8 +248,13 @@ def main(argv=None) -> int:
         items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
         n = res[1]["chips"]
         t_one = one_process(root, "b1", index, items, src, cfg.chips)
-        t_naive = naive_loop(index, items, src.adapter, cfg.chips)
-        t_dec, n_blocks = decode_limit(index, items, src.adapter, cfg.chips)
+        # The synthetic land cover: one raster per scene, on the scene's grid.
+        from pw_ray import synthetic
+
+        lc_items = synthetic.load_landcover_items(synthetic.load_archive(storage.join(root, "archive")))
+        lc_hrefs = {it["properties"]["synthetic:scene"]: it["assets"]["map"]["href"] for it in lc_items}
+        t_naive = naive_loop(index, items, src.adapter, cfg.chips, lc_hrefs)
+        t_dec, n_blocks = decode_limit(index, items, src.adapter, cfg.chips, lc_hrefs)
     finally:
         ray.shutdown()
         if not args.keep:

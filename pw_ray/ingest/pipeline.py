@@ -2,8 +2,9 @@
 
 1. **Index** (``index/<set>.parquet``): per point, search scenes (best cloud first), compute the
    chip window in the scene's 10 m grid, read the SCL window and keep the first scene whose chip
-   passes the cloud and no-data limits. Points with no usable scene are recorded as skipped with
-   the reason; errors as failed. Items go to ``index/<set>-items.parquet`` (no signed URLs).
+   passes the cloud and no-data limits — in batches of spatially sorted points, one SCL read per
+   scene per batch. Points with no usable scene are recorded as skipped with the reason; errors
+   as failed. Items go to ``index/<set>-items.parquet`` (no signed URLs).
 2. **Chunks**: kept chips are sorted by (region, scene, window) and cut into chunks of
    ``chips.chunk_size``; a chunk's chips come from few scenes, so each scene is opened once.
 3. **Shards**: one Ray task per chunk reads its scenes and writes
