@@ -185,7 +185,12 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
     if storage.exists(pq_uri) and (not spec.webdataset or storage.exists(tar_uri)):
         n = storage.read_table(pq_uri, columns=["chip_id"]).num_rows
         return {"region": region, "chunk": chunk, "written": False, "n": n, "failed": "[]"}
-    metas, arrays, failed = [], [], []
+    # Chips go straight to their place in the chunk's planned order, whatever order the scenes
+    # are read in: one pixel buffer for the chunk, no concatenation or reordering copies.
+    pos = {cid: i for i, cid in enumerate(rows["chip_id"])}
+    metas: list[dict | None] = [None] * len(rows)
+    pixels = np.zeros((len(rows), len(spec.bands), spec.size_px, spec.size_px), dtype=np.uint16)
+    failed = []
     with C.gdal_env():
         for item_id, grp in rows.groupby("item_id", sort=True):
             item = items[item_id]
@@ -206,7 +211,7 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                 lc_name = r.landcover
                 if lc is not None and frac.sum() > 0:
                     lc_name = landcover.names[int(np.argmax(frac))]
-                metas.append(dict(
+                metas[pos[r.chip_id]] = (dict(
                     chip_id=str(r.chip_id), set=set_name, point_id=r.point_id, lon=float(r.lon),
                     lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
                     lc_fractions=frac.tolist(), item_id=item_id, collection=r.collection,
@@ -214,17 +219,16 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                     cloud_fraction=float(cloud[i]), nodata_fraction=float(nodata[i]),
                     baseline=r.baseline, offset_applied=int(sc.offsets[spec.bands[0]]),
                 ))
-            arrays.append(sc.pixels)
-    if metas:
-        # Rows in the chunk's planned order, whatever order the scenes were read in.
-        order = {cid: i for i, cid in enumerate(rows["chip_id"])}
-        pixels = np.concatenate(arrays)
-        idx = sorted(range(len(metas)), key=lambda i: order[metas[i]["chip_id"]])
-        table = S.chips_table([metas[i] for i in idx], pixels[idx], spec.bands)
+            pixels[[pos[c] for c in grp["chip_id"]]] = sc.pixels
+    keep = [i for i, m in enumerate(metas) if m is not None]
+    if keep:
+        if len(keep) < len(metas):  # a scene failed: drop its chips' places
+            pixels = pixels[keep]
+        table = S.chips_table([metas[i] for i in keep], pixels, spec.bands)
         if spec.webdataset:
             S.write_wds_shard(table, tar_uri)
         S.write_parquet_shard(table, pq_uri)  # last: its presence marks the chunk done
-    return {"region": region, "chunk": chunk, "written": True, "n": len(metas), "failed": json.dumps(failed)}
+    return {"region": region, "chunk": chunk, "written": True, "n": len(keep), "failed": json.dumps(failed)}
 
 
 #: Default ceiling on ingest tasks in flight when ``chips.ingest_parallelism`` is unset.

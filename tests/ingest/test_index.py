@@ -114,3 +114,42 @@ def test_spatial_batches_are_fixed_size_deterministic_and_grouped():
     assert sorted(flat["point_id"]) == sorted(pts["point_id"])
     # Sorted by region first: at most one batch holds both regions.
     assert sum(x["region"].nunique() > 1 for x in a) <= 1
+
+
+def test_a_corrupt_asset_fails_its_scenes_chips_and_the_chunk_goes_on(stac_archive, tmp_path):
+    """One scene's B05 is truncated: its chips fail with the error; the other scene's are written."""
+    import shutil
+
+    from pw_ray.ingest import shards as S
+    from pw_ray.synthetic import rewrite_hrefs
+
+    items = load_items(stac_archive)
+    good, bad0 = items[0], items[1]
+    src_dir = stac_archive.root / "cogs" / bad0["id"]
+    dst_dir = tmp_path / "cogs" / bad0["id"]
+    shutil.copytree(src_dir, dst_dir)
+    b05 = dst_dir / "B05.tif"
+    b05.write_bytes(b05.read_bytes()[:2000])  # header kept, tiles gone
+    bad = rewrite_hrefs(bad0, str(stac_archive.root), str(tmp_path))
+    pts = pd.concat([_points(good, 3), _points(bad, 2, seed=4).assign(point_id=lambda d: "b" + d["point_id"])])
+    search = StaticSearch([good, bad], collection=None, datetime_range="2023-01-01/2023-12-31",
+                          max_cloud_cover=100, max_items=3)
+    spec = ChipSpec(size_px=32, max_cloud_fraction=1.0, max_nodata_fraction=1.0, chunk_size=8)
+    index = P.index_points(pts, search, PlanetaryComputer(), spec)  # SCL is intact: all chips kept
+    assert (index["status"] == "ok").all()
+    chunked = P.assign_chunks(index.drop(columns=["items_json"]).assign(region="af"), spec.chunk_size)
+    assert chunked["chunk"].nunique() == 1
+    res = P.write_chunk(chunked, {good["id"]: good, bad["id"]: bad}, str(tmp_path / "root"), "s", "af", 0,
+                        PlanetaryComputer(), spec)
+    failed = dict(json.loads(res["failed"]))
+    assert sorted(failed) == ["bp-000", "bp-001"]
+    assert all("RasterioIOError" in why or "B05" in why for why in failed.values())
+    assert res["n"] == 3
+    t = S.read_set(str(tmp_path / "root"), "s")
+    assert sorted(t.column("chip_id").to_pylist()) == ["p-000", "p-001", "p-002"]
+    # The surviving chips are exactly what a chunk of only them holds (no misplaced pixels).
+    alone = chunked[chunked["item_id"] == good["id"]]
+    P.write_chunk(alone, {good["id"]: good}, str(tmp_path / "alone"), "s", "af", 0, PlanetaryComputer(), spec)
+    ref = S.read_set(str(tmp_path / "alone"), "s")
+    assert t.column("chip_id").to_pylist() == ref.column("chip_id").to_pylist()
+    np.testing.assert_array_equal(S.read_pixels(t), S.read_pixels(ref))
