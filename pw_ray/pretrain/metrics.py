@@ -25,8 +25,29 @@ TB_DIR = "tensorboard"
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory, MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    """This process's peak resident memory, MiB (Linux reports ``ru_maxrss`` in KiB).
+
+    In a Ray worker this includes the object store's shared memory the process has mapped:
+    every block it read from the store counts, although the store (one per node) owns it.
+    """
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def heap_mb() -> float:
+    """This process's private resident memory now, MiB: RSS minus shared (``RssAnon``).
+
+    What Ray calls a worker's heap (RSS − SHR): the memory the process itself holds, without
+    the object store's pages and the shared libraries that RSS counts. Where
+    ``/proc/self/status`` is missing (not Linux) it falls back to :func:`peak_rss_mb`, an upper bound.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return peak_rss_mb()
 
 
 class MetricsLog:

@@ -7,8 +7,8 @@ Everything of a run lives in ``<root>/runs/pretrain/<set>/`` (Ray Train's run di
 
 * ``checkpoint_*/state.pt`` every ``train.checkpoint_every`` optimizer steps (model, optimizer,
   step, epoch, batches done in the epoch), the last ``train.keep_checkpoints`` kept;
-* ``tensorboard/`` loss, lr, samples/s, time waiting for data and peak memory every
-  ``train.log_every`` steps (Ray's dashboard gets the same metrics at most every 2 s);
+* ``tensorboard/`` loss, lr, samples/s, time waiting for data and the workers' peak memory
+  every ``train.log_every`` steps (Ray's dashboard gets the same metrics at most every 2 s);
 * ``normalization.json`` the per-band statistics the run normalises with;
 * ``export/`` the encoder (``encoder.pt`` + ``config.json``) and ``summary.json``.
 
@@ -62,6 +62,18 @@ def _pixels_to_numpy(batch, shape):
 
 
 # ----------------------------------------------------------------------------- the worker loop
+def _all_gather(tensor, world: int) -> list:
+    """Every rank's copy of a small tensor (the tensor itself when alone)."""
+    if world == 1:
+        return [tensor]
+    import torch
+    import torch.distributed as dist
+
+    out = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(out, tensor)
+    return out
+
+
 def _build_model(config: dict):
     from pw_ray.models.satmae import build_mae
 
@@ -74,10 +86,9 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    import torch.distributed as dist
 
     from pw_ray.pretrain import step as St
-    from pw_ray.pretrain.metrics import MetricsLog, peak_rss_mb
+    from pw_ray.pretrain.metrics import MetricsLog, heap_mb, peak_rss_mb
 
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
@@ -111,6 +122,7 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     window = {"t": time.perf_counter(), "steps": 0, "loss": 0.0, "n": 0, "wait": 0.0}
     last_ray_report = float("-inf")
+    peak_heap = heap_mb()  # sampled at every report: what the worker keeps between steps
 
     def report(checkpoint: bool) -> None:
         """Log the steps since the last call (every rank calls this at the same steps).
@@ -119,23 +131,27 @@ def train_loop_per_worker(config: dict) -> None:
         ``report_interval_s``: Ray Train holds one unread report per worker and its controller
         reads them every 2 s, so a report sooner than that blocks the step until it is read.
         """
-        nonlocal last_ckpt_step, last_ray_report
+        nonlocal last_ckpt_step, last_ray_report, peak_heap
         now = time.perf_counter()
         due = checkpoint or now - last_ray_report >= config["report_interval_s"]
-        # one collective: the mean loss over workers, and rank 0's clock deciding for all ranks
-        sums = torch.tensor([window["loss"] / max(window["n"], 1), float(due and rank == 0)], device=device)
-        if world > 1:
-            dist.all_reduce(sums)
-        loss, due = float(sums[0]) / world, bool(sums[1] > 0)
+        peak_heap = max(peak_heap, heap_mb())
+        # one collective: the mean loss over workers, rank 0's clock deciding for all ranks, and
+        # the largest memory of any worker
+        mine = torch.tensor([window["loss"] / max(window["n"], 1), float(due and rank == 0), peak_heap,
+                             peak_rss_mb()], device=device)
+        ranks = torch.stack(_all_gather(mine, world))
+        loss, due = float(ranks[:, 0].mean()), bool(ranks[:, 1].max() > 0)
         metrics = {"step": step, "epoch": epoch, "start_step": start_step, "loss": loss,
                    "lr": St.lr_at(step - 1, total, config["warmup_steps"], base_lr),
                    "samples_per_s": window["steps"] * global_batch / max(now - window["t"], 1e-9),
                    "data_wait_frac": window["wait"] / max(now - window["t"], 1e-9),  # time blocked on the stream
-                   "peak_rss_mb": peak_rss_mb()}
+                   # MiB, the largest over workers: private memory (RSS − SHR) at any report so far,
+                   # and peak RSS, which also counts the object store pages a worker has read
+                   "peak_heap_mb": float(ranks[:, 2].max()), "peak_rss_mb": float(ranks[:, 3].max())}
         window.update(t=now, steps=0, loss=0.0, n=0, wait=0.0)
         if metrics_log:
             metrics_log.write(step, {k: metrics[k] for k in ("loss", "lr", "samples_per_s", "data_wait_frac",
-                                                               "epoch", "peak_rss_mb")})
+                                                               "epoch", "peak_heap_mb", "peak_rss_mb")})
         if checkpoint:
             last_ckpt_step = step
         if not due:
@@ -337,8 +353,10 @@ def pretrain_set(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per
     if result.error:
         raise RuntimeError(f"pretrain {set_name} failed: {result.error}")
     summary = export_from_checkpoint(cfg, set_name, result.checkpoint, normalization)
-    summary.update(n_chips=n_chips, total_steps=lc["total_steps"], start_step=(result.metrics or {}).get("start_step"),
-                   final_loss=(result.metrics or {}).get("loss"), wall_s=round(time.perf_counter() - t0, 1))
+    metrics = result.metrics or {}
+    summary.update(n_chips=n_chips, total_steps=lc["total_steps"], start_step=metrics.get("start_step"),
+                   final_loss=metrics.get("loss"), wall_s=round(time.perf_counter() - t0, 1),
+                   worker_peak_heap_mb=metrics.get("peak_heap_mb"), worker_peak_rss_mb=metrics.get("peak_rss_mb"))
     storage.write_text(summary_uri, json.dumps(summary, indent=2))  # last: marks the set done
     return summary
 

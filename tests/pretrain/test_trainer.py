@@ -101,6 +101,7 @@ def test_two_worker_run_trains_every_step_and_exports(run):
     s = run["summary"]
     assert (s["steps"], s["total_steps"], s["start_step"], s["n_chips"]) == (12, 12, 0, CHIPS)
     assert math.isfinite(s["final_loss"])
+    assert 0 < s["worker_peak_heap_mb"] < s["worker_peak_rss_mb"]  # the largest of the 2 workers
     export = run["root"] / "runs" / "pretrain" / SET / "export"
     assert {p.name for p in export.iterdir()} == {"encoder.pt", "config.json", "summary.json"}
 
@@ -113,7 +114,7 @@ def test_tensorboard_logs_loss_lr_and_throughput_every_step(run):
     tags = defaultdict(list)
     for s in run["scalars"]:
         tags[s.tag].append(s.step)
-    assert {"loss", "lr", "samples_per_s", "peak_rss_mb"} <= set(tags)
+    assert {"loss", "lr", "samples_per_s", "peak_heap_mb", "peak_rss_mb"} <= set(tags)
     assert tags["loss"] == list(range(1, 13))
     assert all(s.value > 0 for s in run["scalars"] if s.tag == "samples_per_s")
 
