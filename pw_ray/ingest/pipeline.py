@@ -163,12 +163,39 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
 
 
 def assign_chunks(index: pd.DataFrame, chunk_size: int) -> pd.DataFrame:
-    """Kept chips sorted by (region, scene, window) and numbered into chunks per region."""
+    """Kept chips sorted by (region, scene, window) and numbered into chunks per region.
+
+    Whole scenes are packed into chunks of at most ``chunk_size`` chips, so a scene is split
+    (and its shared COG blocks decoded by two tasks) only when it alone has more chips than a
+    chunk holds; a scene that would overflow the current chunk starts the next one.
+    """
     if "chip_id" not in index.columns:  # an index written before seasons existed
         index = index.assign(chip_id=index["point_id"])
     ok = index[index["status"] == "ok"].sort_values(["region", "item_id", "row_off", "col_off", "chip_id"])
     ok = ok.copy()
-    ok["chunk"] = ok.groupby("region").cumcount() // chunk_size
+    chunk_of = np.zeros(len(ok), dtype=np.int64)
+    regions, scenes = ok["region"].to_numpy(), ok["item_id"].to_numpy()
+    start = 0
+    while start < len(ok):  # one region at a time
+        stop = start
+        while stop < len(ok) and regions[stop] == regions[start]:
+            stop += 1
+        chunk, filled, i = 0, 0, start
+        while i < stop:
+            j = i
+            while j < stop and scenes[j] == scenes[i]:
+                j += 1
+            n = j - i
+            if filled and filled + n > chunk_size:  # this scene opens the next chunk
+                chunk, filled = chunk + 1, 0
+            for k in range(i, j):  # a scene larger than a chunk fills several
+                if filled == chunk_size:
+                    chunk, filled = chunk + 1, 0
+                chunk_of[k] = chunk
+                filled += 1
+            i = j
+        start = stop
+    ok["chunk"] = chunk_of
     return ok
 
 

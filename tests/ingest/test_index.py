@@ -153,3 +153,22 @@ def test_a_corrupt_asset_fails_its_scenes_chips_and_the_chunk_goes_on(stac_archi
     ref = S.read_set(str(tmp_path / "alone"), "s")
     assert t.column("chip_id").to_pylist() == ref.column("chip_id").to_pylist()
     np.testing.assert_array_equal(S.read_pixels(t), S.read_pixels(ref))
+
+
+def test_chunks_keep_scenes_whole_unless_a_scene_is_larger_than_a_chunk():
+    sizes = {"a": 3, "b": 4, "c": 2, "d": 9, "e": 1}  # scene -> chips, one region
+    rows = [{"point_id": f"{s}{k}", "chip_id": f"{s}{k}", "region": "eu", "item_id": s, "row_off": k,
+             "col_off": 0, "status": "ok"} for s, n in sizes.items() for k in range(n)]
+    rows += [{"point_id": "z0", "chip_id": "z0", "region": "af", "item_id": "a", "row_off": 0, "col_off": 0,
+              "status": "ok"},
+             {"point_id": "x", "chip_id": "x", "region": "eu", "item_id": "a", "row_off": 0, "col_off": 0,
+              "status": "skipped"}]
+    out = P.assign_chunks(pd.DataFrame(rows), chunk_size=5)
+    eu = out[out["region"] == "eu"]
+    chunks = eu.groupby("chunk")["item_id"].apply(lambda s: "".join(s)).to_dict()
+    assert chunks == {0: "aaa", 1: "bbbb", 2: "cc", 3: "ddddd", 4: "dddde"}
+    assert (eu.groupby("chunk").size() <= 5).all()
+    assert out.loc[out["region"] == "af", "chunk"].tolist() == [0] and "x" not in set(out["chip_id"])
+    # Deterministic, and every kept chip in exactly one chunk.
+    again = P.assign_chunks(pd.DataFrame(rows).sample(frac=1, random_state=1), chunk_size=5)
+    assert again.set_index("chip_id")["chunk"].to_dict() == out.set_index("chip_id")["chunk"].to_dict()
