@@ -203,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scene-px", type=int, default=480)
     ap.add_argument("--block-px", type=int, default=256, help="COG tile side (real S2 L2A: 1024)")
     ap.add_argument("--scenes-per-region", type=int, default=4)
+    ap.add_argument("--chunk-size", type=int, default=256, help="chips per shard (chips.chunk_size; "
+                                                                  "one Ray task each)")
     ap.add_argument("--naive-chips", type=int, default=300, help="chips the naive loop reads (a sample)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args(argv)
@@ -226,7 +228,7 @@ def main(argv=None) -> int:
                                "scene_px": args.scene_px, "block_px": args.block_px,
                                "cloudy_fraction": 0.3}},
         "chips": {"size_px": args.size_px, "max_cloud_fraction": 0.3, "max_nodata_fraction": 0.1,
-                  "chunk_size": 64},
+                  "chunk_size": args.chunk_size},
     })
     t0 = time.perf_counter()
     src = E.source(cfg)

@@ -103,8 +103,10 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
         if row["status"] == "skipped" and why:
             row["reason"] = why[0] if len(set(r.split(" ")[0] for r in why)) == 1 else "; ".join(why[:3])
     df = pd.DataFrame(rows).reindex(columns=INDEX_COLUMNS)
-    dumped = {k: json.dumps(v) for k, v in items.items()}
-    df["items_json"] = df["item_id"].map(lambda i: dumped.get(i))
+    # Each scene's JSON once per batch (on its first row), not on every chip of it: the index
+    # rows cross the object store and the driver collects them all.
+    first = df["item_id"].notna() & ~df["item_id"].duplicated()
+    df["items_json"] = [json.dumps(items[i]) if f else None for i, f in zip(df["item_id"], first)]
     return df
 
 
