@@ -154,7 +154,7 @@ def test_fmow_and_geobench_tasks_go_through_plan_and_ingest(ray_session, fmow_di
                   {"name": "gb", "kind": "geobench", "path": str(geobench_dir)}],
         "evaluation": {"task_regions": ["global", "eu"], "min_subset": 5, "knn_k": 3},
     })
-    src = E.Source(None, None, None, None, {}, [], [])  # imported tasks need no STAC source
+    src = E.Source(None, None, None, None, None)  # imported tasks need no STAC source nor land cover
     E.plan(cfg, src=src)
     E.ingest(cfg, src=src)
     export_random_encoder(cfg, "zero", seed=0)
