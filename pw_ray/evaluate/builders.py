@@ -43,7 +43,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -52,6 +51,7 @@ import pyarrow as pa
 from pw_ray import bands as B
 from pw_ray import storage
 from pw_ray.config import ChipSpec, TaskSpec
+from pw_ray.ingest.pipeline import IngestSummary
 
 log = logging.getLogger(__name__)
 
@@ -312,20 +312,6 @@ def read_chip(point: dict, kind: str, spec: ChipSpec) -> tuple[np.ndarray, dict]
                     "nodata_fraction": float((pixels == 0).all(axis=0).mean())}
 
 
-@dataclass
-class ImportSummary:
-    set_name: str
-    points: int
-    ok: int
-    failed: int
-    chunks_written: int
-    chunks_reused: int
-
-    def line(self) -> str:
-        return (f"{self.set_name}: {self.ok}/{self.points} chips ok, {self.failed} failed; "
-                f"{self.chunks_written} chunks written, {self.chunks_reused} reused")
-
-
 def write_chunk(points: list[dict], root: str, name: str, kind: str, region: str, chunk: int,
                 spec: ChipSpec) -> dict:
     """Read one chunk's images and write its Parquet shard (+ WebDataset). Idempotent."""
@@ -360,7 +346,7 @@ def write_chunk(points: list[dict], root: str, name: str, kind: str, region: str
     return {"written": True, "ok": json.dumps([m["chip_id"] for m in metas]), "failed": json.dumps(failed)}
 
 
-def ingest_imported(root: str, task: TaskSpec, points: pd.DataFrame, spec: ChipSpec) -> ImportSummary:
+def ingest_imported(root: str, task: TaskSpec, points: pd.DataFrame, spec: ChipSpec) -> IngestSummary:
     """Shards, manifest and task table of an imported task (Ray Data over chunks; resumable)."""
     import ray
 
@@ -397,7 +383,7 @@ def ingest_imported(root: str, task: TaskSpec, points: pd.DataFrame, spec: ChipS
     if failed:
         log.warning("task %s: %d images could not be read (first: %s)", task.name, len(failed),
                     next(iter(failed.items())))
-    summary = ImportSummary(task.name, len(pts), len(ok), len(pts) - len(ok),
+    summary = IngestSummary(task.name, len(pts), len(ok), 0, len(pts) - len(ok),
                             sum(1 for r in results if r["written"]), sum(1 for r in results if not r["written"]))
     log.info("ingest %s", summary.line())
     return summary
