@@ -138,7 +138,7 @@ def _vsi_path(href: str) -> str | None:
     return None
 
 
-def _retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
+def retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
     """Run ``fn``, retrying I/O errors with exponential backoff and jitter.
 
     GDAL's network file systems cache what they learnt about a URL, failures included: after
@@ -163,7 +163,8 @@ def _retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
             time.sleep(delay)
 
 
-def _open(href: str):
+def open_raster(href: str):
+    """``rasterio.open`` for a path, ``file://``, ``http(s)://`` (``/vsicurl/``), ``s3://`` or ``gs://`` href."""
     vsi = _vsi_path(href)
     if vsi:
         href = vsi
@@ -216,7 +217,7 @@ def read_band_windows(href: str, windows: list[tuple[int, int]], size_px: int, r
 
     def run():
         out = np.zeros((len(windows), size_px, size_px), dtype=dtype)
-        with _open(href) as ds:
+        with open_raster(href) as ds:
             factor = abs(ds.transform.a) / res
             for group in _read_groups(windows, size_px, max_union_ratio):
                 rows = [windows[i][0] for i in group]
@@ -231,7 +232,7 @@ def read_band_windows(href: str, windows: list[tuple[int, int]], size_px: int, r
                     out[i] = block[r:r + size_px, c:c + size_px]
         return out
 
-    return _retrying(run, href, retries=retries)
+    return retrying(run, href, retries=retries)
 
 
 @dataclass
@@ -296,6 +297,7 @@ def read_landcover(href: str, windows: list[tuple[int, int]], size_px: int, code
 
 
 __all__ = [
-    "GDAL_CLOUD_OPTIONS", "gdal_env", "SceneGrid", "scene_grid", "chip_window", "read_band_windows",
-    "SceneChips", "harmonise", "read_scl", "read_scene_chips", "read_landcover",
+    "GDAL_CLOUD_OPTIONS", "gdal_env", "cachemax_bytes", "SceneGrid", "scene_grid", "chip_window",
+    "open_raster", "retrying", "read_band_windows", "SceneChips", "harmonise", "read_scl",
+    "read_scene_chips", "read_landcover",
 ]

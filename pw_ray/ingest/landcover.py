@@ -101,10 +101,10 @@ class LandcoverSource:
         signed = self._sign(href)
 
         def run():
-            with C._open(signed) as ds:
+            with C.open_raster(signed) as ds:
                 return fn(ds)
 
-        return C._retrying(run, signed, retries=self.retries, backoff_s=self.backoff_s)
+        return C.retrying(run, signed, retries=self.retries, backoff_s=self.backoff_s)
 
     def classes_at(self, lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
         """Class name at each point → (N,) object array; ``None`` where no raster has data.

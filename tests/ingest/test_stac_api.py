@@ -261,7 +261,7 @@ def test_read_retries_reach_the_server_after_a_dropped_open(cog_server, stac_arc
     """A connection dropped while GDAL opens a COG must not poison the retries.
 
     GDAL does not retry an empty reply itself and caches the failed open ("does not exist"),
-    so chips._retrying has to bypass /vsicurl/'s cache for its retries.
+    so chips.retrying has to bypass /vsicurl/'s cache for its retries.
     """
     from rasterio.enums import Resampling
 
