@@ -164,10 +164,56 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
         return 200 <= r.status < 300
 
 
+def _start_on_free_port(make: Callable[[int], _Process], ready: Callable[[int], bool], timeout_s: float,
+                        what: str, error_text: Callable[[ServerError], str] = str) -> tuple[_Process, int]:
+    """Start ``make(port)`` on a free port until ``ready(port)``; try another port on a clash.
+
+    A free port can be taken between the check and the bind: up to three ports are tried when
+    the error (``error_text(err)``, e.g. with the server's own error log) says "in use".
+    """
+    for attempt in range(3):
+        port = free_port()
+        proc = make(port)
+        try:
+            proc.wait_until(lambda: ready(port), timeout_s, what)
+            return proc, port
+        except ServerError as err:
+            proc.stop(signal.SIGKILL)
+            text = error_text(err)
+            if attempt == 2 or "in use" not in text.lower():
+                raise ServerError(text) from None
+    raise AssertionError("unreachable")
+
+
+class _Server:
+    """A server process and its temp dir: ``stop()`` (also on leaving a ``with`` block) ends both."""
+
+    proc: _Process | None = None
+    tmp: Path
+    #: How the process is asked to stop, and how long it gets before SIGKILL.
+    stop_signal: int = signal.SIGTERM
+    stop_timeout_s: float = 15.0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(self.stop_signal, timeout_s=self.stop_timeout_s)
+            self.proc = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
-class Postgres:
+class Postgres(_Server):
     """A throw-away PostgreSQL 15 cluster on 127.0.0.1 (trust auth, fsync off)."""
+
+    stop_signal = signal.SIGINT  # "fast" shutdown
+    stop_timeout_s = 20.0
 
     def __init__(self, bin_dir: Path = PG_BIN, startup_timeout_s: float = 30.0):
         initdb, postgres = bin_dir / "initdb", bin_dir / "postgres"
@@ -186,34 +232,25 @@ class Postgres:
                                  cwd=self.tmp, **self._kw)
             if out.returncode:
                 raise ServerError(f"initdb failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-            self.proc = None
-            for attempt in range(3):  # a free port can be taken between the check and the bind
-                self.port = free_port()
-                proc = _Process("postgres", [str(postgres), "-D", str(self.data), "-h", HOST, "-p", str(self.port),
-                                             "-k", str(self.tmp), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                                             "-c", "full_page_writes=off", "-c", "max_connections=100",
-                                             "-c", "shared_buffers=64MB"],
-                                self.tmp / "postgres.log", cwd=self.tmp, popen_kw=self._kw)
-                try:
-                    proc.wait_until(self._ready, startup_timeout_s, "accepting connections")
-                    self.proc = proc
-                    break
-                except ServerError as err:
-                    proc.stop(signal.SIGKILL)
-                    if attempt == 2 or "already in use" not in str(err):
-                        raise
+            self.proc, self.port = _start_on_free_port(
+                lambda port: _Process("postgres", [
+                    str(postgres), "-D", str(self.data), "-h", HOST, "-p", str(port), "-k", str(self.tmp),
+                    "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                    "-c", "max_connections=100", "-c", "shared_buffers=64MB"],
+                    self.tmp / "postgres.log", cwd=self.tmp, popen_kw=self._kw),
+                self._ready, startup_timeout_s, "accepting connections")
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         log.info("postgres up on %s:%d (data %s)", self.host, self.port, self.data)
 
-    def dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
+    def dsn(self, dbname: str = "postgres", port: int | None = None) -> str:
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{port or self.port}/{dbname}"
 
-    def _ready(self) -> bool:
+    def _ready(self, port: int) -> bool:
         import psycopg
 
-        with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
+        with psycopg.connect(self.dsn(port=port), connect_timeout=2) as conn:
             conn.execute("SELECT 1")
         return True
 
@@ -222,18 +259,6 @@ class Postgres:
 
         with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
             conn.execute(sql)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(signal.SIGINT, timeout_s=20)  # SIGINT = "fast" shutdown
-            self.proc = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> "Postgres":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def _postgis_installed(bin_dir: Path) -> bool:
@@ -294,7 +319,7 @@ def load_archive(dsn: str, info, href_prefix: str) -> dict[str, list[dict]]:
 
 # --------------------------------------------------------------------------- stac-fastapi-pgstac
 
-class StacApiServer:
+class StacApiServer(_Server):
     """stac-fastapi-pgstac under uvicorn on 127.0.0.1 (all extensions, read-only)."""
 
     def __init__(self, pg: Postgres, dbname: str, startup_timeout_s: float = 60.0):
@@ -303,39 +328,18 @@ class StacApiServer:
         # stac-fastapi-pgstac 7.x reads PGUSER/PGPASSWORD/PGHOST/PGPORT/PGDATABASE (PostgresSettings).
         env.update(PGUSER=pg.user, PGPASSWORD=pg.password, PGHOST=pg.host, PGPORT=str(pg.port), PGDATABASE=dbname,
                    DB_MIN_CONN_SIZE="1", DB_MAX_CONN_SIZE="8", ENABLE_TRANSACTIONS_EXTENSIONS="false")
-        self.proc = None
         try:
-            for attempt in range(3):
-                self.port = free_port()
-                self.url = f"http://{HOST}:{self.port}"
-                proc = _Process("stac-fastapi-pgstac", [
+            self.proc, self.port = _start_on_free_port(
+                lambda port: _Process("stac-fastapi-pgstac", [
                     sys.executable, "-m", "uvicorn", "--factory", "stac_fastapi.pgstac.app:create_app",
-                    "--host", HOST, "--port", str(self.port), "--log-level", "warning", "--no-access-log",
-                    "--timeout-graceful-shutdown", "5"], self.tmp / "uvicorn.log", env=env, cwd=self.tmp)
-                try:
-                    proc.wait_until(lambda: _http_ok(self.url + "/"), startup_timeout_s, "answering /")
-                    self.proc = proc
-                    break
-                except ServerError as err:
-                    proc.stop(signal.SIGKILL)
-                    if attempt == 2 or "address already in use" not in str(err).lower():
-                        raise
+                    "--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log",
+                    "--timeout-graceful-shutdown", "5"], self.tmp / "uvicorn.log", env=env, cwd=self.tmp),
+                lambda port: _http_ok(f"http://{HOST}:{port}/"), startup_timeout_s, "answering /")
+            self.url = f"http://{HOST}:{self.port}"
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         log.info("stac-fastapi-pgstac up at %s (database %s)", self.url, dbname)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(signal.SIGTERM, timeout_s=15)
-            self.proc = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> "StacApiServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- COG file server
@@ -367,17 +371,18 @@ http {{
 """
 
 
-class CogServer:
+class CogServer(_Server):
     """Static files (the archive's COGs) over HTTP with Range support, on 127.0.0.1.
 
     nginx when installed (Debian ``nginx-light``); otherwise, outside CI only, starlette's
     ``StaticFiles`` under uvicorn in a thread.
     """
 
+    stop_timeout_s = 10.0  # nginx: TERM = fast shutdown of master + workers
+
     def __init__(self, root: Path, startup_timeout_s: float = 20.0, prefer: str = "nginx"):
         self.root = Path(root).resolve()
         self.tmp = Path(tempfile.mkdtemp(prefix="pwray-cogs-"))
-        self.proc = None
         nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         try:
             if prefer == "nginx" and nginx:
@@ -395,52 +400,26 @@ class CogServer:
 
     def _start_nginx(self, nginx: str, timeout_s: float) -> None:
         self.kind = "nginx"
-        for attempt in range(3):
-            self.port = free_port()
-            # As root, workers would switch to 'nobody', which cannot read pytest's 0700 temp dirs.
-            user = "user root root;" if _as_root() else ""
+        # As root, workers would switch to 'nobody', which cannot read pytest's 0700 temp dirs.
+        user = "user root root;" if _as_root() else ""
+
+        def make(port: int) -> _Process:
             conf = self.tmp / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(tmp=self.tmp, user=user, host=HOST, port=self.port, root=self.root))
-            proc = _Process("nginx", [nginx, "-p", str(self.tmp), "-c", str(conf), "-e", str(self.tmp / "error.log")],
+            conf.write_text(NGINX_CONF.format(tmp=self.tmp, user=user, host=HOST, port=port, root=self.root))
+            return _Process("nginx", [nginx, "-p", str(self.tmp), "-c", str(conf), "-e", str(self.tmp / "error.log")],
                             self.tmp / "nginx.log", cwd=self.tmp)
-            try:
-                proc.wait_until(lambda: _port_open(self.port), timeout_s, "listening")
-                self.proc = proc
-                return
-            except ServerError as err:
-                proc.stop(signal.SIGKILL)
-                text = str(err) + _tail(self.tmp / "error.log")
-                if attempt == 2 or "in use" not in text:
-                    raise ServerError(text) from None
+
+        self.proc, self.port = _start_on_free_port(make, _port_open, timeout_s, "listening",
+                                                   lambda err: str(err) + _tail(self.tmp / "error.log"))
 
     def _start_starlette(self, timeout_s: float) -> None:
         # A child process, not a thread: GDAL holds the GIL in some calls and would deadlock it.
         self.kind = "starlette"
-        for attempt in range(3):
-            self.port = free_port()
-            proc = _Process("starlette COG server", [sys.executable, "-m", "tests.servers", "static", "--root",
-                                                     str(self.root), "--port", str(self.port)],
-                            self.tmp / "static.log", cwd=REPO_ROOT)
-            try:
-                proc.wait_until(lambda: _port_open(self.port), timeout_s, "listening")
-                self.proc = proc
-                return
-            except ServerError as err:
-                proc.stop(signal.SIGKILL)
-                if attempt == 2 or "address already in use" not in str(err).lower():
-                    raise
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(signal.SIGTERM, timeout_s=10)  # nginx: TERM = fast shutdown of master + workers
-            self.proc = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> "CogServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self.proc, self.port = _start_on_free_port(
+            lambda port: _Process("starlette COG server", [sys.executable, "-m", "tests.servers", "static", "--root",
+                                                           str(self.root), "--port", str(port)],
+                                  self.tmp / "static.log", cwd=REPO_ROOT),
+            _port_open, timeout_s, "listening")
 
 
 def _port_open(port: int) -> bool:
@@ -646,7 +625,7 @@ class _ProxyCore:
         return Handler
 
 
-class FaultProxy:
+class FaultProxy(_Server):
     """A reverse proxy on 127.0.0.1 in front of one upstream, injecting faults from a :class:`FaultPlan`.
 
     It runs in a child process (``python -m tests.servers proxy …``): GDAL holds the GIL in
@@ -662,23 +641,14 @@ class FaultProxy:
         self.plan = plan or FaultPlan()
         self.name = name
         self.tmp = Path(tempfile.mkdtemp(prefix="pwray-proxy-"))
-        self.proc = None
         try:
-            for attempt in range(3):
-                self.port = free_port()
-                self.url = f"http://{HOST}:{self.port}"
-                proc = _Process(f"fault proxy {name}", [
-                    sys.executable, "-m", "tests.servers", "proxy", "--upstream", upstream, "--port", str(self.port),
+            self.proc, self.port = _start_on_free_port(
+                lambda port: _Process(f"fault proxy {name}", [
+                    sys.executable, "-m", "tests.servers", "proxy", "--upstream", upstream, "--port", str(port),
                     "--name", name, "--plan", json.dumps(dataclasses.asdict(self.plan))],
-                    self.tmp / "proxy.log", cwd=REPO_ROOT)
-                try:
-                    proc.wait_until(lambda: _http_ok(self.url + CONTROL_PATH), startup_timeout_s, "answering")
-                    self.proc = proc
-                    break
-                except ServerError as err:
-                    proc.stop(signal.SIGKILL)
-                    if attempt == 2 or "address already in use" not in str(err).lower():
-                        raise
+                    self.tmp / "proxy.log", cwd=REPO_ROOT),
+                lambda port: _http_ok(f"http://{HOST}:{port}{CONTROL_PATH}"), startup_timeout_s, "answering")
+            self.url = f"http://{HOST}:{self.port}"
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
@@ -703,20 +673,16 @@ class FaultProxy:
         """Requests answered with a fault (``stall_abandoned`` is a kind of ``stall``, not counted)."""
         return sum(v for k, v in self.stats.items() if k in FAULT_KINDS)
 
+    stop_timeout_s = 10.0
+
     def stop(self) -> None:
-        if self.proc is not None:
+        running = self.proc is not None
+        if running:
             with contextlib.suppress(Exception):
                 self._final = self._snapshot()  # keep the numbers readable after the stop
-            self.proc.stop(signal.SIGTERM, timeout_s=10)
-            self.proc = None
+        super().stop()
+        if running:
             log.info("fault proxy %s stopped: %s", self.name, dict(sorted((self._final or {}).get("stats", {}).items())))
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> "FaultProxy":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- the whole stack
