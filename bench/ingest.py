@@ -195,6 +195,33 @@ def run_pipeline(root: str, name: str, pts, src, spec):
     return max(0.0, t_all - t_shards), t_shards, mem.peak, s.ok
 
 
+def bench_config(root: str, points: int, *, scenes_per_region: int = 4, scene_px: int = 480,
+                 block_px: int = 256, size_px: int = 96, chunk_size: int = 256):
+    """The benchmarks' experiment config: one global set of ``points`` on a synthetic archive."""
+    from pw_ray.config import parse_config
+
+    return parse_config({
+        "name": "bench", "root": root, "tasks": [],
+        "pretrain_sets": [{"name": "b1", "region": "global", "size": points, "seed": 1}],
+        "stac": {"kind": "synthetic", "max_cloud_cover": 60,
+                 "synthetic": {"seed": 0, "scenes_per_region": scenes_per_region, "scene_px": scene_px,
+                               "block_px": block_px, "cloudy_fraction": 0.3}},
+        "chips": {"size_px": size_px, "max_cloud_fraction": 0.3, "max_nodata_fraction": 0.1,
+                  "chunk_size": chunk_size},
+    })
+
+
+def start_ray(cores: int, tmp: str) -> None:
+    """A local Ray with ``cores`` CPUs, its files under ``tmp``, quiet (no dashboard, no progress bars)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=cores, include_dashboard=False, _temp_dir=os.path.join(tmp, "ray"),
+             logging_level="WARNING", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=600, help="points in the 1x set")
@@ -209,34 +236,21 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args(argv)
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     from pw_ray import experiment as E
     from pw_ray import storage
-    from pw_ray.config import PretrainSet, parse_config
+    from pw_ray.config import PretrainSet
     from pw_ray.plan import plan_set
 
     tmp = tempfile.mkdtemp(prefix="pwray-bench-ingest-")
     root = os.path.join(tmp, "root")
-    cfg = parse_config({
-        "name": "bench", "root": root, "tasks": [],
-        "pretrain_sets": [{"name": "b1", "region": "global", "size": args.points, "seed": 1}],
-        "stac": {"kind": "synthetic", "max_cloud_cover": 60,
-                 "synthetic": {"seed": 0, "scenes_per_region": args.scenes_per_region,
-                               "scene_px": args.scene_px, "block_px": args.block_px,
-                               "cloudy_fraction": 0.3}},
-        "chips": {"size_px": args.size_px, "max_cloud_fraction": 0.3, "max_nodata_fraction": 0.1,
-                  "chunk_size": args.chunk_size},
-    })
+    cfg = bench_config(root, args.points, scenes_per_region=args.scenes_per_region, scene_px=args.scene_px,
+                       block_px=args.block_px, size_px=args.size_px, chunk_size=args.chunk_size)
     t0 = time.perf_counter()
     src = E.source(cfg)
     print(f"archive built in {time.perf_counter() - t0:.1f}s under {tmp}", flush=True)
-
-    ray.init(num_cpus=args.cores, include_dashboard=False, _temp_dir=os.path.join(tmp, "ray"),
-             logging_level="WARNING", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray(args.cores, tmp)
     # Warm-up: worker start-up is not ingest time.
     ray.data.range(args.cores * 2).map(lambda r: r, num_cpus=1).take_all()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import shutil
 import sys
 import tempfile
@@ -48,30 +47,20 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--cores", type=int, default=2)
     args = ap.parse_args(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    from bench.ingest import bench_config, start_ray
     from pw_ray import experiment as E
     from pw_ray import storage
-    from pw_ray.config import PretrainSet, parse_config
+    from pw_ray.config import PretrainSet
     from pw_ray.ingest import pipeline as P
     from pw_ray.plan import plan_set
 
     tmp = tempfile.mkdtemp(prefix="pwray-bench-tasks-")
     root = os.path.join(tmp, "root")
-    cfg = parse_config({
-        "name": "bench", "root": root, "tasks": [],
-        "pretrain_sets": [{"name": "b", "region": "global", "size": args.points, "seed": 4}],
-        "stac": {"kind": "synthetic", "max_cloud_cover": 60,
-                 "synthetic": {"seed": 0, "scenes_per_region": 4, "scene_px": 480, "cloudy_fraction": 0.3}},
-        "chips": {"size_px": 96, "max_cloud_fraction": 0.3, "max_nodata_fraction": 0.1,
-                  "chunk_size": args.chunk_size},
-    })
+    cfg = bench_config(root, args.points, chunk_size=args.chunk_size)
     src = E.source(cfg)
-    ray.init(num_cpus=args.cores, include_dashboard=False, _temp_dir=os.path.join(tmp, "ray"),
-             logging_level="WARNING", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray(args.cores, tmp)
     out = {}
     try:
         pts = plan_set(PretrainSet(name="b", region="global", size=args.points, seed=4), src.coverage,
@@ -80,17 +69,12 @@ def main(argv=None) -> int:
         index = storage.read_table(storage.join(root, "index", "b.parquet")).to_pandas()
         items_df = storage.read_table(storage.join(root, "index", "b-items.parquet")).to_pandas()
         items_json = dict(zip(items_df["item_id"], items_df["items_json"]))
-        chunked = P.assign_chunks(index, cfg.chips.chunk_size)
-        tasks = [{"region": r, "chunk": int(k), "rows": pickle.dumps(g, protocol=5),
-                  "items": json.dumps({i: items_json[i] for i in g["item_id"].unique()})}
-                 for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)]
+        tasks = P.chunk_tasks(P.assign_chunks(index, cfg.chips.chunk_size), items_json)
         spec, adapter, lc = cfg.chips, src.adapter, src.landcover
 
         def do(task: dict, out_root: str) -> dict:
             t0, c0 = time.time(), time.process_time()
-            its = {i: json.loads(j) for i, j in json.loads(task["items"]).items()}
-            r = P.write_chunk(pickle.loads(task["rows"]), its, out_root, "b", task["region"], task["chunk"],
-                              adapter, spec, lc)
+            r = P.run_chunk_task(task, out_root, "b", adapter, spec, lc)
             return {"n": r["n"], "t0": t0, "t1": time.time(), "cpu": time.process_time() - c0, "pid": os.getpid()}
 
         class Writer:

@@ -260,6 +260,22 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
     return {"region": region, "chunk": chunk, "written": True, "n": len(keep), "failed": json.dumps(failed)}
 
 
+def chunk_tasks(chunked: pd.DataFrame, items_json: dict[str, str]) -> list[dict]:
+    """One task record per chunk of ``assign_chunks``: its chips (a pickled DataFrame) and the
+    JSON of only its scenes, so a task deserialises its chunk, not the whole set's index and items."""
+    return [{"region": r, "chunk": int(k), "rows": pickle.dumps(g, protocol=5),
+             "items": json.dumps({i: items_json[i] for i in g["item_id"].unique()})}
+            for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)]
+
+
+def run_chunk_task(task: dict, root: str, set_name: str, adapter: CatalogAdapter, spec: ChipSpec,
+                   landcover: LandcoverSource | None = None) -> dict:
+    """:func:`write_chunk` for one record of :func:`chunk_tasks`."""
+    items = {i: json.loads(j) for i, j in json.loads(task["items"]).items()}
+    return write_chunk(pickle.loads(task["rows"]), items, root, set_name, task["region"], task["chunk"],
+                       adapter, spec, landcover)
+
+
 #: Default ceiling on ingest tasks in flight when ``chips.ingest_parallelism`` is unset.
 MAX_DEFAULT_PARALLELISM = 64
 
@@ -316,18 +332,11 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     if n_stale := S.remove_partial(root, set_name):
         log.info("ingest %s: removed %d temp files of writes killed mid-way", set_name, n_stale)
     chunked = assign_chunks(index, spec.chunk_size)
-    # Each task carries its own chips (a pickled DataFrame) and the JSON of only its scenes, so
-    # a task deserialises its chunk, not the whole set's index and items.
-    tasks = [{"region": r, "chunk": int(k), "rows": pickle.dumps(g, protocol=5),
-              "items": json.dumps({i: items_json[i] for i in g["item_id"].unique()})}
-             for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)]
+    tasks = chunk_tasks(chunked, items_json)
     results = []
     if tasks:
         def _do(task: dict) -> dict:
-            its = {i: json.loads(j) for i, j in json.loads(task["items"]).items()}
-            out = write_chunk(pickle.loads(task["rows"]), its, root, set_name, task["region"], task["chunk"],
-                              adapter, spec, landcover)
-            return out
+            return run_chunk_task(task, root, set_name, adapter, spec, landcover)
 
         parallelism = ingest_parallelism(len(tasks), ray.cluster_resources().get("CPU", 0), override)
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
