@@ -3,7 +3,7 @@
 All reads of one scene go through :func:`read_scene_chips`, which opens each asset once and
 reads every chip window of that scene from it, so GDAL's block cache decodes each COG block
 once for all the chips that need it. 20 m and 60 m bands are resampled onto the 10 m chip grid
-(bilinear by default, nearest for SCL and land cover).
+(bilinear by default, nearest for SCL).
 """
 
 from __future__ import annotations
@@ -254,13 +254,25 @@ class SceneChips:
 
 
 def harmonise(dn: np.ndarray, offset: int) -> np.ndarray:
-    """Add a DN offset, keeping 0 as no data and valid pixels ≥ 1 (uint16)."""
+    """Add a DN offset, keeping 0 as no data and valid pixels ≥ 1 (uint16, saturating).
+
+    In uint16 without widening: ``max(dn, 1 - offset) + offset`` for a negative offset (the
+    usual −1000 of baseline ≥ 04.00), ``min(dn, 65535 - offset) + offset`` for a positive one.
+    """
+    offset = int(offset)
     if offset == 0:
         return dn
-    out = dn.astype(np.int32) + offset
-    out = np.clip(out, 1, 65535)
+    if not -65535 < offset < 65535:
+        raise ValueError(f"DN offset {offset} is outside the uint16 range")
+    dn = np.asarray(dn, dtype=np.uint16)
+    if offset < 0:
+        out = np.maximum(dn, np.uint16(1 - offset))
+        out -= np.uint16(-offset)
+    else:
+        out = np.minimum(dn, np.uint16(65535 - offset))
+        out += np.uint16(offset)
     out[dn == 0] = 0
-    return out.astype(np.uint16)
+    return out
 
 
 def read_scl(item: dict, adapter: CatalogAdapter, windows: list[tuple[int, int]], size_px: int,
@@ -286,18 +298,8 @@ def read_scene_chips(item: dict, adapter: CatalogAdapter, windows: list[tuple[in
     return SceneChips(pixels, scl, offsets)
 
 
-def read_landcover(href: str, windows: list[tuple[int, int]], size_px: int, codes: list[int],
-                   res: float = 10.0) -> np.ndarray:
-    """Fractions of each land-cover code in each chip window → (N, len(codes)) float32."""
-    lc = read_band_windows(href, windows, size_px, res, Resampling.nearest, dtype=np.uint8)
-    out = np.zeros((len(windows), len(codes)), dtype=np.float32)
-    for j, code in enumerate(codes):
-        out[:, j] = (lc == code).mean(axis=(1, 2))
-    return out
-
-
 __all__ = [
     "GDAL_CLOUD_OPTIONS", "gdal_env", "cachemax_bytes", "SceneGrid", "scene_grid", "chip_window",
     "open_raster", "retrying", "read_band_windows", "SceneChips", "harmonise", "read_scl",
-    "read_scene_chips", "read_landcover",
+    "read_scene_chips",
 ]

@@ -13,7 +13,10 @@ Two kinds of source, one interface (:class:`LandcoverSource`):
 
 Reading never loads a whole raster: points are sampled one pixel each, chips are warped onto
 their footprint in the scene's grid (its CRS, 10 m) with nearest resampling, whatever the
-raster's own CRS (WorldCover tiles are EPSG:4326, 3° × 3°, 1/12000° pixels). Where several
+raster's own CRS (WorldCover tiles are EPSG:4326, 3° × 3°, 1/12000° pixels). A raster that
+already lies on the scene's grid (same CRS and pixel size, a whole-pixel offset: the synthetic
+archive's land cover, or a product gridded in the scenes' UTM zones) is read with plain windows
+instead: the same pixels without GDAL's warper (land cover of 767 chips: 1.06 → 0.38 s). Where several
 tiles cover a chip they are mosaicked: the newest item first, then by id; a pixel takes the
 first tile with data there (code 0 is no data).
 
@@ -152,7 +155,8 @@ class LandcoverSource:
 
         ``grid``: the scene's grid (CRS, origin, resolution, usually 10 m); ``windows``:
         (row_off, col_off) of each ``size_px`` chip in it. The land cover is warped onto each chip's
-        pixels (nearest); shares are of all ``size_px²`` pixels, so no-data lowers them.
+        pixels (nearest), or read with plain windows where it lies on the scene's grid
+        (:func:`grid_offset`); shares are of all ``size_px²`` pixels, so no-data lowers them.
         """
         out = np.zeros((len(windows), len(self.codes)), dtype=np.float32)
         if not windows:
@@ -167,24 +171,19 @@ class LandcoverSource:
         mosaic = np.zeros((len(windows), size_px, size_px), dtype=np.int64)
 
         def read(ds, which: list[int]) -> list[np.ndarray]:
+            wins = [windows[i] for i in which]
+            groups = C._read_groups(wins, size_px, C.MAX_UNION_RATIO)
+            shift = grid_offset(ds, crs, transform)
+            if shift is not None:  # the raster is on the scene's grid: plain window reads
+                return _slice_groups(wins, groups, size_px, lambda r0, c0, h, w: _read_on_grid(
+                    ds, r0 + shift[0], c0 + shift[1], h, w))
             # The raster as it would be on the scene's grid; only the chips' pixels are warped.
             # GDAL's approximate transformer within 1/100 source pixel (its default 1/8 could
             # move a class edge; 0, "exact", fails to build the VRT in rasterio 1.4).
             with WarpedVRT(ds, crs=crs, transform=transform, width=grid.width, height=grid.height,
                            resampling=Resampling.nearest, nodata=0, tolerance=WARP_TOLERANCE_PX) as vrt:
-                # Nearby chips (overlapping or adjacent) are warped as one rectangle, then sliced.
-                out = {}
-                wins = [windows[i] for i in which]
-                for group in C._read_groups(wins, size_px, C.MAX_UNION_RATIO):
-                    r0 = min(wins[g][0] for g in group)
-                    c0 = min(wins[g][1] for g in group)
-                    h = max(wins[g][0] for g in group) + size_px - r0
-                    w = max(wins[g][1] for g in group) + size_px - c0
-                    block = vrt.read(1, window=Window(c0, r0, w, h))
-                    for g in group:
-                        r, c = wins[g][0] - r0, wins[g][1] - c0
-                        out[g] = block[r:r + size_px, c:c + size_px]
-                return [out[g] for g in range(len(which))]
+                return _slice_groups(wins, groups, size_px,
+                                     lambda r0, c0, h, w: vrt.read(1, window=Window(c0, r0, w, h)))
 
         with C.gdal_env():
             for href, which in self._rasters(boxes):
@@ -194,9 +193,62 @@ class LandcoverSource:
                 for i, block in zip(which, self._read(href, lambda ds: read(ds, which))):
                     empty = mosaic[i] == 0
                     mosaic[i][empty] = block[empty]
-        for j, code in enumerate(self.codes):
-            out[:, j] = (mosaic == code).mean(axis=(1, 2))
+        flat = mosaic.reshape(len(windows), -1)
+        codes = np.asarray(self.codes)
+        if flat.min(initial=0) >= 0 and codes.min() >= 0:  # one histogram per chip
+            top = max(int(codes.max()), int(flat.max(initial=0))) + 1
+            for i, row in enumerate(flat):
+                out[i] = np.bincount(row, minlength=top)[codes] / float(row.size)
+        else:
+            for j, code in enumerate(self.codes):
+                out[:, j] = (mosaic == code).mean(axis=(1, 2))
         return out
+
+
+def grid_offset(ds, crs: CRS, transform: Affine) -> tuple[int, int] | None:
+    """(row, col) of the grid ``(crs, transform)``'s origin in ``ds``'s pixels when ``ds`` lies on
+    that grid: same CRS, same north-up pixel size, origins a whole number of pixels apart. Then a
+    window read gives what warping with nearest resampling would, without the warper; else ``None``.
+    """
+    t = ds.transform
+    if ds.crs is None or t.b or t.d or transform.b or transform.d:
+        return None
+    if not (math.isclose(t.a, transform.a, rel_tol=1e-9) and math.isclose(t.e, transform.e, rel_tol=1e-9)):
+        return None
+    col, row = (transform.c - t.c) / t.a, (transform.f - t.f) / t.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    if ds.crs != crs:  # last: comparing CRSs costs the most
+        return None
+    return int(round(row)), int(round(col))
+
+
+def _read_on_grid(ds, r0: int, c0: int, h: int, w: int) -> np.ndarray:
+    """Band 1 at rows ``r0:r0+h``, cols ``c0:c0+w`` of ``ds``; 0 off the raster and where ``ds``
+    has its no-data value (as the warper leaves such pixels)."""
+    out = np.zeros((h, w), dtype=ds.dtypes[0])
+    rr0, cc0 = max(r0, 0), max(c0, 0)
+    rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
+    if rr1 > rr0 and cc1 > cc0:
+        part = ds.read(1, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
+        if ds.nodata is not None:
+            part[part == ds.nodata] = 0
+        out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
+    return out
+
+
+def _slice_groups(wins: list[tuple[int, int]], groups: list[list[int]], size_px: int, read) -> list[np.ndarray]:
+    """Each window's ``size_px`` square, from one ``read(r0, c0, h, w)`` per group of nearby windows."""
+    out: dict[int, np.ndarray] = {}
+    for group in groups:
+        r0 = min(wins[g][0] for g in group)
+        c0 = min(wins[g][1] for g in group)
+        block = read(r0, c0, max(wins[g][0] for g in group) + size_px - r0,
+                     max(wins[g][1] for g in group) + size_px - c0)
+        for g in group:
+            r, c = wins[g][0] - r0, wins[g][1] - c0
+            out[g] = block[r:r + size_px, c:c + size_px]
+    return [out[g] for g in range(len(wins))]
 
 
 @dataclass

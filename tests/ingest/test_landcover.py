@@ -172,10 +172,7 @@ def test_on_the_scene_grid_fractions_equal_the_windowed_read(stac_archive):
         wins = [(0, 0), (grid.height - 32, grid.width - 32)] + [
             (int(r), int(c)) for r, c in rng.integers(0, grid.height - 32, size=(10, 2))]
         got = src.fractions(grid, wins, 32)
-        with C.gdal_env():
-            want = C.read_landcover(lc["assets"]["map"]["href"], wins, 32, list(src.codes))
-        np.testing.assert_array_equal(got, want)
-        with rasterio.open(lc["assets"]["map"]["href"]) as ds:  # and the plain pixel count
+        with rasterio.open(lc["assets"]["map"]["href"]) as ds:  # the plain pixel count
             full = ds.read(1)
         for k, (r, c) in enumerate(wins):
             chip = full[r:r + 32, c:c + 32]
@@ -328,3 +325,73 @@ def test_synthetic_default_is_the_archive_collection():
 def test_config_errors_name_the_landcover_field(value, message):
     with pytest.raises(ConfigError, match=message):
         _stac(landcover=value)
+
+
+def _utm_raster(tmp_path, name, grid: C.SceneGrid, d_row: float, d_col: float, shape, nodata=255, res=None,
+                seed=0):
+    """A UTM 32N raster of random classes (and some ``nodata``) whose origin is ``d_row``, ``d_col``
+    pixels of ``grid`` from the grid's origin."""
+    res = res or grid.res
+    rng = np.random.default_rng(seed)
+    classes = np.array([TREE, WATER, CROP, BUILT, nodata])
+    arr = classes[rng.integers(0, len(classes), size=shape)]
+    arr[: shape[0] // 3, : shape[1] // 3] = CROP  # a block, so nearby chips differ
+    t = from_origin(grid.x0 + d_col * grid.res, grid.y0 - d_row * grid.res, res, res)
+    return _tif(tmp_path / name, arr, f"EPSG:{UTM32}", t, nodata=nodata)
+
+
+def test_grid_offset_only_for_rasters_on_the_grid(tmp_path):
+    from rasterio.transform import Affine
+
+    from pw_ray.ingest.landcover import grid_offset
+
+    grid, _ = _grid_over(7.0, 45.0, 32)
+    tr = Affine(grid.res, 0, grid.x0, 0, -grid.res, grid.y0)
+    crs = rasterio.crs.CRS.from_epsg(grid.epsg)
+    cases = {
+        "whole": (_utm_raster(tmp_path, "a.tif", grid, -3, 5, (40, 40)), (3, -5)),
+        "half": (_utm_raster(tmp_path, "b.tif", grid, 0.5, 0, (40, 40)), None),
+        "20m": (_utm_raster(tmp_path, "c.tif", grid, 0, 0, (40, 40), res=20.0), None),
+        "4326": (_tile(tmp_path / "d.tif", 6.99, 45.01, TREE), None),
+    }
+    for what, (path, want) in cases.items():
+        with rasterio.open(path) as ds:
+            assert grid_offset(ds, crs, tr) == want, what
+
+
+def test_a_raster_on_the_scene_grid_gives_the_warped_fractions_without_warping(tmp_path, monkeypatch):
+    """A land-cover raster in the scene's CRS and pixel grid (whole-pixel offset, partly off the
+    chips, with a no-data value that is not 0) is read with plain windows; the fractions are
+    exactly those of warping it."""
+    from pw_ray.ingest import landcover as L
+
+    grid, _ = _grid_over(7.0, 45.0, 32)
+    path = _utm_raster(tmp_path, "lc.tif", grid, 7, -5, (100, 90))
+    rng = np.random.default_rng(1)
+    wins = [(0, 0), (90, 80), (96, 96), (5, 40), (5, 60)] + [
+        (int(r), int(c)) for r, c in rng.integers(0, grid.height - 32, size=(12, 2))]
+    src = RasterLandcover(href=path)
+    calls = []
+    real = L.grid_offset
+    monkeypatch.setattr(L, "grid_offset", lambda *a: calls.append(real(*a)) or calls[-1])
+    direct = src.fractions(grid, wins, 32)
+    assert calls and calls[0] == (-7, 5)
+    monkeypatch.setattr(L, "grid_offset", lambda *a: None)  # force GDAL's warper
+    warped = src.fractions(grid, wins, 32)
+    np.testing.assert_array_equal(direct, warped)
+    assert direct[0].sum() < 1 and direct[2].sum() == 0  # partly off the raster; wholly off it
+    assert direct[3, _col("crop")] > direct[4, _col("crop")]
+
+
+def test_reads_on_the_grid_give_zero_off_the_raster_and_at_its_nodata(tmp_path):
+    """As the warper does (destination no-data 0), so a mosaic fills those pixels from the next tile."""
+    from pw_ray.ingest.landcover import _read_on_grid
+
+    grid, _ = _grid_over(7.0, 45.0, 32)
+    with rasterio.open(_utm_raster(tmp_path, "lc.tif", grid, 0, 0, (20, 30))) as ds:
+        full = ds.read(1)
+        got = _read_on_grid(ds, -4, 25, 10, 10)
+    assert (full == 255).any() and got.dtype == np.uint8
+    want = np.zeros((10, 10), np.uint8)
+    want[4:, :5] = np.where(full[0:6, 25:30] == 255, 0, full[0:6, 25:30])
+    np.testing.assert_array_equal(got, want)
