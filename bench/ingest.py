@@ -1,9 +1,10 @@
 """Ingest benchmark: the Ray Data pipeline vs a naive per-chip loop vs the COG decode limit.
 
-On one synthetic archive built in a temp dir (``scenes_per_region`` 4, ``scene_px`` 480 and
-256 px COG tiles by default: dense, many chips share each block; ``--block-px 1024 --scene-px
-2040 --scenes-per-region 1`` is closer to real Sentinel-2 L2A COGs, 1024 px tiles), side by side
-in one run:
+On one synthetic archive built in a temp dir, by default laid out like Sentinel-2 L2A on a
+small scale (2 scenes per region of 2040 px at 10 m, 1024 px COG tiles as in the public
+catalogs' COGs; 80 chips per scene at the 4x set, most 10 m blocks shared by a few chips), or
+dense (``--scenes-per-region 4 --scene-px 480 --block-px 256 --points 1800``: ~20 chips share
+each block, so decoding is a small part of a chip's cost), side by side in one run:
 
 * **pipeline**: ``run_ingest`` after Ray start-up. The search/index phase (scene search, SCL
   screening) is timed separately; ``chips_per_s`` is the shard phase (read grouped by scene,
@@ -15,6 +16,9 @@ in one run:
 * **decode limit**: one process, a tight loop that opens each needed raster once and reads each
   COG block the chips touch exactly once (``ds.read(window=block_window)``), nothing else. The
   land-cover layer counts: every chip record carries its class fractions.
+* **by stage**: the shard tasks time themselves (``read``: decode, resample, harmonise;
+  ``landcover``; ``encode``: Parquet + tar bytes; ``write``), printed per chip for the one-process
+  run and summed over tasks for the pipeline, so the work beyond decoding is visible.
 
 Throughput, naive loop and decode limit are compared on the 4× set (``chips``), where the fixed
 start-up of a Ray Data job is a small part of the time, as in production; the naive loop reads an
@@ -24,8 +28,8 @@ Ratios: ``ratio_vs_naive`` = pipeline chips/s ÷ naive chips/s (wall clock, all 
 ``peak_rss_mb``: peak of the summed RSS of the driver and every process under it (raylet, Ray
 workers), sampled every 0.1 s during the pipeline run, at 1× and 4× the set size.
 
-    python bench/ingest.py [--points 600] [--cores 2] [--size-px 96]
-    python bench/ingest.py --points 120 --scenes-per-region 1 --scene-px 2040 --block-px 1024
+    python bench/ingest.py [--points 240] [--cores 2] [--size-px 96] [--chunk-size 256]
+    python bench/ingest.py --points 1800 --scenes-per-region 4 --scene-px 480 --block-px 256   # dense
 
 The last line printed is one JSON object.
 """
@@ -163,22 +167,24 @@ def decode_limit(index, items, adapter, spec, landcover_hrefs) -> tuple[float, i
     return time.perf_counter() - t0, n_blocks
 
 
-def one_process(root, name, index, items, src, spec) -> float:
-    """Seconds for the shard phase in this process, no Ray: ``write_chunk`` for every chunk."""
+def one_process(root, name, index, items, src, spec) -> tuple[float, dict]:
+    """Seconds for the shard phase in this process, no Ray (``write_chunk`` for every chunk), and
+    those seconds by stage."""
     from pw_ray import storage
-    from pw_ray.ingest.pipeline import assign_chunks, write_chunk
+    from pw_ray.ingest.pipeline import assign_chunks, stage_seconds, write_chunk
 
     out = storage.join(root, "one-process")
     chunked = assign_chunks(index, spec.chunk_size)
+    results = []
     t0 = time.perf_counter()
     for (region, k), rows in chunked.groupby(["region", "chunk"], sort=True):
-        write_chunk(rows, items, out, name, region, int(k), src.adapter, spec, src.landcover)
-    return time.perf_counter() - t0
+        results.append(write_chunk(rows, items, out, name, region, int(k), src.adapter, spec, src.landcover))
+    return time.perf_counter() - t0, stage_seconds(results)
 
 
 # ----------------------------------------------------------------------------- pipeline
 def run_pipeline(root: str, name: str, pts, src, spec):
-    """(index seconds, shard seconds, peak RSS MB, kept chips) of one set through run_ingest."""
+    """(index seconds, shard seconds, peak RSS MB, summary of the shard run) of one set through run_ingest."""
     from pw_ray import storage
     from pw_ray.ingest.pipeline import run_ingest
 
@@ -192,7 +198,7 @@ def run_pipeline(root: str, name: str, pts, src, spec):
         t0 = time.perf_counter()
         s = run_ingest(root, name, pts, src.searcher, src.adapter, spec, src.landcover)
         t_shards = time.perf_counter() - t0
-    return max(0.0, t_all - t_shards), t_shards, mem.peak, s.ok
+    return max(0.0, t_all - t_shards), t_shards, mem.peak, s
 
 
 def bench_config(root: str, points: int, *, scenes_per_region: int = 4, scene_px: int = 480,
@@ -224,12 +230,12 @@ def start_ray(cores: int, tmp: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--points", type=int, default=600, help="points in the 1x set")
+    ap.add_argument("--points", type=int, default=240, help="points in the 1x set")
     ap.add_argument("--cores", type=int, default=2, help="Ray CPUs (cores used by the pipeline)")
     ap.add_argument("--size-px", type=int, default=96)
-    ap.add_argument("--scene-px", type=int, default=480)
-    ap.add_argument("--block-px", type=int, default=256, help="COG tile side (real S2 L2A: 1024)")
-    ap.add_argument("--scenes-per-region", type=int, default=4)
+    ap.add_argument("--scene-px", type=int, default=2040)
+    ap.add_argument("--block-px", type=int, default=1024, help="COG tile side (real S2 L2A: 1024)")
+    ap.add_argument("--scenes-per-region", type=int, default=2)
     ap.add_argument("--chunk-size", type=int, default=256, help="chips per shard (chips.chunk_size; "
                                                                   "one Ray task each)")
     ap.add_argument("--naive-chips", type=int, default=300, help="chips the naive loop reads (a sample)")
@@ -260,8 +266,10 @@ def main(argv=None) -> int:
             name = f"b{mult}"
             pts = plan_set(PretrainSet(name=name, region="global", size=args.points * mult, seed=mult),
                            src.coverage, biome_path=src.biome_path)
-            t_index, t_shards, peak, ok = run_pipeline(root, name, pts, src, cfg.chips)
-            res[mult] = dict(points=len(pts), chips=ok, index_s=t_index, shards_s=t_shards, peak_rss_mb=peak)
+            t_index, t_shards, peak, summary = run_pipeline(root, name, pts, src, cfg.chips)
+            ok = summary.ok
+            res[mult] = dict(points=len(pts), chips=ok, index_s=t_index, shards_s=t_shards, peak_rss_mb=peak,
+                             stage_s=summary.stage_s, tasks=summary.chunks_written)
             print(f"{mult}x: {len(pts)} points, {ok} chips; index {t_index:.1f}s, shards {t_shards:.1f}s, "
                   f"peak RSS {peak:.0f} MB", flush=True)
         # Compared on the larger set: a Ray Data job's fixed start-up (~0.8 s here) is then a small
@@ -270,7 +278,7 @@ def main(argv=None) -> int:
         items_df = storage.read_table(storage.join(root, "index", "b4-items.parquet")).to_pandas()
         items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
         n = res[4]["chips"]
-        t_one = one_process(root, "b4", index, items, src, cfg.chips)
+        t_one, one_stages = one_process(root, "b4", index, items, src, cfg.chips)
         # The synthetic land cover: one raster per scene, on the scene's grid.
         from pw_ray import synthetic
 
@@ -304,6 +312,11 @@ def main(argv=None) -> int:
     print(f"\n{'what':<28} {'chips/s':>9}  notes")
     for what, v, note in rows:
         print(f"{what:<28} {v:9.1f}  {note}")
+    # Where a shard task's time goes: only "read" holds the decoding the decode limit measures.
+    stage_ms = {k: round(1000 * v / n, 3) for k, v in one_stages.items()}
+    print(f"\none process, ms per chip by stage: {stage_ms}; decode limit {1000 * t_dec / n:.2f} ms per chip")
+    print(f"pipeline (4x), task seconds by stage: { {k: round(v, 2) for k, v in res[4]['stage_s'].items()} }, "
+          f"{res[4]['tasks']} tasks")
     out = {
         "chips": n, "cores": args.cores, "size_px": args.size_px, "bands": len(cfg.chips.bands),
         "chips_per_s": round(pipe, 2), "chips_per_s_1x": round(pipe1, 2),
@@ -313,6 +326,8 @@ def main(argv=None) -> int:
         "ratio_vs_naive": round(pipe / naive, 3),
         "ratio_vs_decode_limit": round(pipe / args.cores / dec, 3),
         "one_process_vs_decode_limit": round(one / dec, 3),
+        "one_process_ms_per_chip": stage_ms, "decode_limit_ms_per_chip": round(1000 * t_dec / n, 3),
+        "chunk_size": args.chunk_size,
         "block_px": args.block_px, "scene_px": args.scene_px,
         "peak_rss_mb": {"1x": round(res[1]["peak_rss_mb"]), "4x": round(res[4]["peak_rss_mb"])},
     }

@@ -1,12 +1,13 @@
 """Where the shard phase's time goes on Ray: busy time and gaps per worker, task pool vs actor pool.
 
-Builds the dense synthetic archive of ``bench/ingest.py``, indexes one set, then runs the shard
+Builds the synthetic archive of ``bench/ingest.py`` (same layout flags and defaults), indexes one set, then runs the shard
 phase (``write_chunk`` per chunk) twice, side by side in one run: as Ray Data tasks
 (``TaskPoolStrategy``, what ``run_ingest`` does) and on an actor pool
 (``ActorPoolStrategy``, ``max_tasks_in_flight_per_actor`` 2). Each task records its start, end and
 CPU time in its worker, so the idle time between tasks on a worker is measured, not inferred.
 
-    python bench/ingest_tasks.py [--points 2400] [--chunk-size 64] [--cores 2]
+    python bench/ingest_tasks.py [--points 960] [--chunk-size 256] [--cores 2]
+    python bench/ingest_tasks.py --points 2400 --chunk-size 64 --scenes-per-region 4 --scene-px 480 --block-px 256
 
 The last line printed is one JSON object.
 """
@@ -43,9 +44,12 @@ def _summary(res: list[dict], t0: float, t1: float) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--points", type=int, default=2400)
-    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--points", type=int, default=960)
+    ap.add_argument("--chunk-size", type=int, default=256)
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--scene-px", type=int, default=2040)
+    ap.add_argument("--block-px", type=int, default=1024)
+    ap.add_argument("--scenes-per-region", type=int, default=2)
     args = ap.parse_args(argv)
     import ray
 
@@ -58,7 +62,8 @@ def main(argv=None) -> int:
 
     tmp = tempfile.mkdtemp(prefix="pwray-bench-tasks-")
     root = os.path.join(tmp, "root")
-    cfg = bench_config(root, args.points, chunk_size=args.chunk_size)
+    cfg = bench_config(root, args.points, chunk_size=args.chunk_size, scenes_per_region=args.scenes_per_region,
+                       scene_px=args.scene_px, block_px=args.block_px)
     src = E.source(cfg)
     start_ray(args.cores, tmp)
     out = {}

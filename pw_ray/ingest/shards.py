@@ -28,6 +28,7 @@ import tarfile
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pw_ray import storage
 
@@ -117,14 +118,20 @@ def wds_uri(root: str, set_name: str, region: str, chunk: int) -> str:
     return storage.join(root, "shards", set_name, "wds", shard_name(set_name, region, chunk) + ".tar")
 
 
-def write_parquet_shard(table: pa.Table, uri: str, row_group_size: int = 128) -> None:
-    """zstd Parquet, row groups of ``row_group_size`` chips; no dictionary or statistics on ``pixels``.
-
-    A dictionary of chip-sized binary values never pays and min/max of raw bytes says nothing.
-    """
+def parquet_bytes(table: pa.Table, row_group_size: int = 128) -> pa.Buffer:
+    """A shard table as Parquet file bytes: zstd, row groups of ``row_group_size`` chips, no
+    dictionary or statistics on ``pixels`` (a dictionary of chip-sized binary values never pays
+    and min/max of raw bytes says nothing)."""
     meta = [c for c in table.column_names if c != "pixels"]
-    storage.write_table(table, uri, row_group_size=row_group_size, compression="zstd",
-                        use_dictionary=meta, write_statistics=meta)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, row_group_size=row_group_size, compression="zstd", use_dictionary=meta,
+                   write_statistics=meta)
+    return buf.getvalue()
+
+
+def write_parquet_shard(table: pa.Table, uri: str, row_group_size: int = 128) -> None:
+    """:func:`parquet_bytes` written atomically to ``uri``."""
+    storage.write_bytes(uri, parquet_bytes(table, row_group_size))
 
 
 def webdataset_bytes(table: pa.Table) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -172,3 +173,10 @@ def test_chunks_keep_scenes_whole_unless_a_scene_is_larger_than_a_chunk():
     # Deterministic, and every kept chip in exactly one chunk.
     again = P.assign_chunks(pd.DataFrame(rows).sample(frac=1, random_state=1), chunk_size=5)
     assert again.set_index("chip_id")["chunk"].to_dict() == out.set_index("chip_id")["chunk"].to_dict()
+    # Tasks carry only their chunk, and start largest first (scenes, then chips), so the last
+    # wave of a job is the short chunks.
+    tasks = P.chunk_tasks(out, {s: json.dumps({"id": s}) for s in sizes})
+    assert [(t["region"], t["chunk"]) for t in tasks] == [("eu", 4), ("eu", 3), ("eu", 1), ("eu", 0), ("eu", 2),
+                                                          ("af", 0)]
+    first = tasks[0]
+    assert sorted(json.loads(first["items"])) == ["d", "e"] and len(pickle.loads(first["rows"])) == 5

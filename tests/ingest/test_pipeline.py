@@ -100,6 +100,7 @@ def test_rerun_reuses_every_chunk_and_changes_nothing(ingested, ray_session):
     pts = storage.read_table(storage.join(ingested.root, "points", "mix.parquet")).to_pandas()
     s = run_ingest(ingested.root, "mix", pts, src.searcher, src.adapter, ingested.chips, src.landcover)
     assert s.chunks_written == 0 and s.chunks_reused == len(before)
+    assert not any(s.stage_s.values()) and s.stages_line() == "no chunk written"
     assert {f: storage.read_bytes(f) for f in S.shard_files(ingested.root, "mix")} == before
 
 
@@ -115,6 +116,10 @@ def test_lost_chunk_is_rewritten_identically(ingested, ray_session):
     pts = storage.read_table(storage.join(ingested.root, "points", "mix.parquet")).to_pandas()
     s = run_ingest(ingested.root, "mix", pts, src.searcher, src.adapter, ingested.chips, src.landcover)
     assert s.chunks_written == 1
+    # The one task's time, by stage: every stage ran.
+    assert list(s.stage_s) == ["read", "landcover", "encode", "write"]
+    assert all(v > 0 for v in s.stage_s.values()), s.stage_s
+    assert s.stages_line().startswith("read ") and "land cover" in s.stages_line()
     again = storage.read_table(victim)
     assert again.column("chip_id").to_pylist() == original.column("chip_id").to_pylist()
     np.testing.assert_array_equal(S.read_pixels(again), S.read_pixels(original))
