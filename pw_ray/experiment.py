@@ -172,8 +172,6 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
         s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover)
         summaries[name] = s.__dict__
         print(f"ingest {s.line()}", flush=True)
-        if s.chunks_written:
-            print(f"ingest {name}: shard tasks' time: {s.stages_line()}", flush=True)
         if kind == "task":
             meta = S.read_set(cfg.root, name, columns=[c for c in S.META_COLUMNS]).to_pandas()
             T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names))
