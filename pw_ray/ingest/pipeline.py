@@ -295,11 +295,15 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
             pixels = pixels[keep]
         with sw("encode"):
             table = S.chips_table([metas[i] for i in keep], pixels, spec.bands)
-            tar = S.webdataset_bytes(table) if spec.webdataset else None
+        if spec.webdataset:  # one encoded copy of the chunk in memory at a time
+            with sw("encode"):
+                tar = S.webdataset_bytes(table)
+            with sw("write"):
+                storage.write_bytes(tar_uri, tar)
+            del tar
+        with sw("encode"):
             parquet = S.parquet_bytes(table)
         with sw("write"):
-            if tar is not None:
-                storage.write_bytes(tar_uri, tar)
             storage.write_bytes(pq_uri, parquet)  # last: its presence marks the chunk done
     return {"region": region, "chunk": chunk, "written": True, "n": len(keep), "failed": json.dumps(failed),
             "stages": json.dumps(sw.seconds)}
