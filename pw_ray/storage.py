@@ -111,16 +111,22 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def write_table(table: pa.Table, uri: str, row_group_size: int | None = None,
-                compression: str = "zstd", **parquet_options) -> None:
-    """Write a Parquet file atomically (zstd by default; ``parquet_options`` go to ``pq.write_table``).
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None, compression: str = "zstd",
+                  **parquet_options) -> pa.Buffer:
+    """A table as Parquet file bytes (zstd by default; ``parquet_options`` go to ``pq.write_table``).
 
-    The file is built in an Arrow buffer (not ``io.BytesIO``, whose growth by reallocation cost
-    more than the zstd compression of a chip shard) and written in one call.
+    Built in an Arrow buffer, not ``io.BytesIO``, whose growth by reallocation cost more than the
+    zstd compression of a chip shard.
     """
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression=compression, row_group_size=row_group_size, **parquet_options)
-    write_bytes(uri, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_table(table: pa.Table, uri: str, row_group_size: int | None = None,
+                compression: str = "zstd", **parquet_options) -> None:
+    """Write a Parquet file atomically (:func:`parquet_bytes`, then one :func:`write_bytes`)."""
+    write_bytes(uri, parquet_bytes(table, row_group_size, compression, **parquet_options))
 
 
 def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:

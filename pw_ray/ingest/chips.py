@@ -206,6 +206,22 @@ def _read_groups(windows: list[tuple[int, int]], size_px: int, max_union_ratio: 
     return groups
 
 
+def read_grouped(windows: list[tuple[int, int]], size_px: int, read,
+                 max_union_ratio: float = MAX_UNION_RATIO) -> list[np.ndarray]:
+    """Each window's ``size_px`` square, in window order, from one ``read(r0, c0, h, w)`` per
+    group of nearby windows (:func:`_read_groups`): chips are slices of their group's block."""
+    out: list[np.ndarray | None] = [None] * len(windows)
+    for group in _read_groups(windows, size_px, max_union_ratio):
+        rows = [windows[i][0] for i in group]
+        cols = [windows[i][1] for i in group]
+        r0, c0 = min(rows), min(cols)
+        block = read(r0, c0, max(rows) + size_px - r0, max(cols) + size_px - c0)
+        for i in group:
+            r, c = windows[i][0] - r0, windows[i][1] - c0
+            out[i] = block[r:r + size_px, c:c + size_px]
+    return out
+
+
 def read_band_windows(href: str, windows: list[tuple[int, int]], size_px: int, res: float,
                       resampling: Resampling, dtype=np.uint16, retries: int = 3,
                       max_union_ratio: float = MAX_UNION_RATIO) -> np.ndarray:
@@ -219,17 +235,13 @@ def read_band_windows(href: str, windows: list[tuple[int, int]], size_px: int, r
         out = np.zeros((len(windows), size_px, size_px), dtype=dtype)
         with open_raster(href) as ds:
             factor = abs(ds.transform.a) / res
-            for group in _read_groups(windows, size_px, max_union_ratio):
-                rows = [windows[i][0] for i in group]
-                cols = [windows[i][1] for i in group]
-                r0, c0 = min(rows), min(cols)
-                h, w_ = max(rows) + size_px - r0, max(cols) + size_px - c0
-                win = Window(c0 / factor, r0 / factor, w_ / factor, h / factor)
-                # One GDAL read (and resampling) for the whole group, then chips are slices.
-                block = ds.read(1, window=win, out_shape=(h, w_), resampling=resampling, boundless=False)
-                for i in group:
-                    r, c = windows[i][0] - r0, windows[i][1] - c0
-                    out[i] = block[r:r + size_px, c:c + size_px]
+
+            def read(r0, c0, h, w):  # one GDAL read (and resampling) for a whole group
+                return ds.read(1, window=Window(c0 / factor, r0 / factor, w / factor, h / factor),
+                               out_shape=(h, w), resampling=resampling, boundless=False)
+
+            for i, chip in enumerate(read_grouped(windows, size_px, read, max_union_ratio)):
+                out[i] = chip
         return out
 
     return retrying(run, href, retries=retries)
@@ -300,6 +312,6 @@ def read_scene_chips(item: dict, adapter: CatalogAdapter, windows: list[tuple[in
 
 __all__ = [
     "GDAL_CLOUD_OPTIONS", "gdal_env", "cachemax_bytes", "SceneGrid", "scene_grid", "chip_window",
-    "open_raster", "retrying", "read_band_windows", "SceneChips", "harmonise", "read_scl",
+    "open_raster", "retrying", "read_grouped", "read_band_windows", "SceneChips", "harmonise", "read_scl",
     "read_scene_chips",
 ]

@@ -172,18 +172,16 @@ class LandcoverSource:
 
         def read(ds, which: list[int]) -> list[np.ndarray]:
             wins = [windows[i] for i in which]
-            groups = C._read_groups(wins, size_px, C.MAX_UNION_RATIO)
             shift = grid_offset(ds, crs, transform)
             if shift is not None:  # the raster is on the scene's grid: plain window reads
-                return _slice_groups(wins, groups, size_px, lambda r0, c0, h, w: _read_on_grid(
+                return C.read_grouped(wins, size_px, lambda r0, c0, h, w: _read_on_grid(
                     ds, r0 + shift[0], c0 + shift[1], h, w))
             # The raster as it would be on the scene's grid; only the chips' pixels are warped.
             # GDAL's approximate transformer within 1/100 source pixel (its default 1/8 could
             # move a class edge; 0, "exact", fails to build the VRT in rasterio 1.4).
             with WarpedVRT(ds, crs=crs, transform=transform, width=grid.width, height=grid.height,
                            resampling=Resampling.nearest, nodata=0, tolerance=WARP_TOLERANCE_PX) as vrt:
-                return _slice_groups(wins, groups, size_px,
-                                     lambda r0, c0, h, w: vrt.read(1, window=Window(c0, r0, w, h)))
+                return C.read_grouped(wins, size_px, lambda r0, c0, h, w: vrt.read(1, window=Window(c0, r0, w, h)))
 
         with C.gdal_env():
             for href, which in self._rasters(boxes):
@@ -235,21 +233,6 @@ def _read_on_grid(ds, r0: int, c0: int, h: int, w: int) -> np.ndarray:
             part[part == ds.nodata] = 0
         out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = part
     return out
-
-
-def _slice_groups(wins: list[tuple[int, int]], groups: list[list[int]], size_px: int, read) -> list[np.ndarray]:
-    """Each window's ``size_px`` square, from one ``read(r0, c0, h, w)`` per group of nearby windows."""
-    out: dict[int, np.ndarray] = {}
-    for group in groups:
-        r0 = min(wins[g][0] for g in group)
-        c0 = min(wins[g][1] for g in group)
-        block = read(r0, c0, max(wins[g][0] for g in group) + size_px - r0,
-                     max(wins[g][1] for g in group) + size_px - c0)
-        for g in group:
-            r, c = wins[g][0] - r0, wins[g][1] - c0
-            out[g] = block[r:r + size_px, c:c + size_px]
-    return [out[g] for g in range(len(wins))]
-
 
 @dataclass
 class RasterLandcover(LandcoverSource):

@@ -210,28 +210,19 @@ def assign_chunks(index: pd.DataFrame, chunk_size: int) -> pd.DataFrame:
         index = index.assign(chip_id=index["point_id"])
     ok = index[index["status"] == "ok"].sort_values(["region", "item_id", "row_off", "col_off", "chip_id"])
     ok = ok.copy()
-    chunk_of = np.zeros(len(ok), dtype=np.int64)
-    regions, scenes = ok["region"].to_numpy(), ok["item_id"].to_numpy()
-    start = 0
-    while start < len(ok):  # one region at a time
-        stop = start
-        while stop < len(ok) and regions[stop] == regions[start]:
-            stop += 1
-        chunk, filled, i = 0, 0, start
-        while i < stop:
-            j = i
-            while j < stop and scenes[j] == scenes[i]:
-                j += 1
-            n = j - i
-            if filled and filled + n > chunk_size:  # this scene opens the next chunk
+    chunk_of: list[int] = []
+    region, chunk, filled = None, 0, 0
+    # Scenes in (region, scene) order: the rows are sorted, so groups come contiguous and in order.
+    for (scene_region, _), n in ok.groupby(["region", "item_id"], sort=False).size().items():
+        if scene_region != region:  # chunks are numbered per region
+            region, chunk, filled = scene_region, 0, 0
+        elif filled and filled + n > chunk_size:  # this scene opens the next chunk
+            chunk, filled = chunk + 1, 0
+        for _ in range(n):  # a scene larger than a chunk fills several
+            if filled == chunk_size:
                 chunk, filled = chunk + 1, 0
-            for k in range(i, j):  # a scene larger than a chunk fills several
-                if filled == chunk_size:
-                    chunk, filled = chunk + 1, 0
-                chunk_of[k] = chunk
-                filled += 1
-            i = j
-        start = stop
+            chunk_of.append(chunk)
+            filled += 1
     ok["chunk"] = chunk_of
     return ok
 
@@ -280,14 +271,14 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                 lc_name = r.landcover
                 if lc is not None and frac.sum() > 0:
                     lc_name = landcover.names[int(np.argmax(frac))]
-                metas[pos[r.chip_id]] = (dict(
+                metas[pos[r.chip_id]] = dict(
                     chip_id=str(r.chip_id), set=set_name, point_id=r.point_id, lon=float(r.lon),
                     lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
                     lc_fractions=frac.tolist(), item_id=item_id, collection=r.collection,
                     datetime=r.datetime, epsg=int(r.epsg), row_off=int(r.row_off), col_off=int(r.col_off),
                     cloud_fraction=float(cloud[i]), nodata_fraction=float(nodata[i]),
                     baseline=r.baseline, offset_applied=int(sc.offsets[spec.bands[0]]),
-                ))
+                )
             pixels[[pos[c] for c in grp["chip_id"]]] = sc.pixels
     keep = [i for i, m in enumerate(metas) if m is not None]
     if keep:
@@ -337,8 +328,8 @@ def stage_seconds(results: list[dict]) -> dict[str, float]:
     """:data:`STAGES` seconds summed over the results of :func:`write_chunk`."""
     total = dict.fromkeys(STAGES, 0.0)
     for r in results:
-        for k, v in json.loads(r.get("stages") or "{}").items():
-            total[k] = total.get(k, 0.0) + float(v)
+        for k, v in json.loads(r["stages"]).items():
+            total[k] += v
     return total
 
 

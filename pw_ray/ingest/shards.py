@@ -28,7 +28,6 @@ import tarfile
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pw_ray import storage
 
@@ -123,10 +122,7 @@ def parquet_bytes(table: pa.Table, row_group_size: int = 128) -> pa.Buffer:
     dictionary or statistics on ``pixels`` (a dictionary of chip-sized binary values never pays
     and min/max of raw bytes says nothing)."""
     meta = [c for c in table.column_names if c != "pixels"]
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, row_group_size=row_group_size, compression="zstd", use_dictionary=meta,
-                   write_statistics=meta)
-    return buf.getvalue()
+    return storage.parquet_bytes(table, row_group_size, "zstd", use_dictionary=meta, write_statistics=meta)
 
 
 def write_parquet_shard(table: pa.Table, uri: str, row_group_size: int = 128) -> None:
