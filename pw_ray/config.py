@@ -237,7 +237,12 @@ class TrainSpec(_Strict):
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per worker, e.g. {accelerator_type:H100: 0.001}")
     compile: bool = Field(False, description="torch.compile the model in each worker")
-    shuffle_buffer: int = Field(256, ge=0, description="chips per worker in the local shuffle buffer (0: off)")
+    shuffle_buffer: int = Field(256, ge=0, description="chips per worker in a local shuffle window: consecutive "
+                                                       "row groups of at least this many chips leave in a seeded "
+                                                       "random order (0: reading order; files are shuffled anyway)")
+    loader_threads: int = Field(2, gt=0, description="threads per worker reading and decompressing shard row "
+                                                     "groups ahead of the step")
+    prefetch_batches: int = Field(2, gt=0, description="batches per worker ready ahead of the step")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)

@@ -76,7 +76,7 @@ class ShardCatalog:
                    tuple(int(v) for v in d["shape"]))
 
 
-def _filesystem(uris: Sequence[str]):
+def shard_filesystem(uris: Sequence[str]):
     """One pyarrow filesystem for all ``uris`` and each file's path in it."""
     fs, first = storage.filesystem(uris[0])
     if storage.is_remote(uris[0]):
@@ -92,7 +92,7 @@ def read_catalog(uris: Sequence[str], threads: int = CATALOG_THREADS) -> ShardCa
     """
     if not uris:
         raise FileNotFoundError("no shard files to read")
-    fs, paths = _filesystem(uris)
+    fs, paths = shard_filesystem(uris)
 
     def footer(path: str):
         return pq.read_metadata(path, filesystem=fs)
@@ -305,7 +305,7 @@ class ChipStream:
     def _fill(self) -> None:
         if not len(self):
             return
-        fs, paths = _filesystem([self.catalog.uris[p.file] for p in self.pieces] or self.catalog.uris[:1])
+        fs, paths = shard_filesystem([self.catalog.uris[p.file] for p in self.pieces] or self.catalog.uris[:1])
         sizes = np.array([p.n for p in self.pieces])
         window_start = np.concatenate([[0], np.cumsum([sizes[a:b].sum() for a, b in self.windows])])
         first_chip = self.start_batch * self.batch_size
