@@ -146,10 +146,7 @@ def train_loop_per_worker(config: dict) -> None:
         due = checkpoint or now - last_ray_report >= config["report_interval_s"]
         peak_heap = max(peak_heap, heap_mb())
         wait = window["wait"] / max(now - window["t"], 1e-9)  # share of the time blocked on the stream
-        if wait_monitor.update(wait):
-            log.warning("pretrain rank %d waited for data %.0f %% of its step time in %d reports in a row (more "
-                        "than %.0f %%): its loader does not keep up; raise train.loader_threads or "
-                        "train.cpus_per_worker", rank, 100 * wait, DATA_WAIT_WARN_REPORTS, 100 * DATA_WAIT_WARN_SHARE)
+        check_data_wait(wait_monitor, rank, wait)
         # one collective: the mean loss over workers, rank 0's clock deciding for all ranks, and
         # the largest memory and data wait of any worker
         mine = torch.tensor([window["loss"] / max(window["n"], 1), float(due and rank == 0), peak_heap,
@@ -225,6 +222,18 @@ def train_loop_per_worker(config: dict) -> None:
         report(checkpoint=True)
     if metrics_log:
         metrics_log.close()
+
+
+def check_data_wait(monitor, rank: int, wait: float) -> bool:
+    """Log a warning when rank ``rank``'s share of step time spent waiting for data (``wait``,
+    0–1, over the last reporting window) has stayed above :data:`DATA_WAIT_WARN_SHARE` for
+    :data:`DATA_WAIT_WARN_REPORTS` reports (once per such episode); True when it warned."""
+    if not monitor.update(wait):
+        return False
+    log.warning("pretrain rank %d waited for data %.0f %% of its step time in %d reports in a row (more than "
+                "%.0f %%): its loader does not keep up; raise train.loader_threads or train.cpus_per_worker",
+                rank, 100 * wait, DATA_WAIT_WARN_REPORTS, 100 * DATA_WAIT_WARN_SHARE)
+    return True
 
 
 def _resumed_batch(batches_done: int, saved_world: int, world: int, rank: int) -> int:

@@ -158,6 +158,18 @@ def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(run):
     assert T.pretrain_set(cfg, SET)["steps"] == 18  # done: a third call skips
 
 
+def test_a_worker_warns_when_it_waits_for_data_more_than_5_percent_of_its_steps(caplog):
+    from pw_ray.pretrain.loader import DataWaitMonitor
+
+    monitor = DataWaitMonitor(T.DATA_WAIT_WARN_SHARE, T.DATA_WAIT_WARN_REPORTS)
+    with caplog.at_level("WARNING", logger=T.__name__):
+        warned = [T.check_data_wait(monitor, 1, share) for share in (0.04, 0.12, 0.08, 0.3, 0.2, 0.05)]
+    assert warned == [False, False, False, True, False, False]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "pretrain rank 1 waited for data 30 % of its step time in 3 reports in a row (more than 5 %): its loader "
+        "does not keep up; raise train.loader_threads or train.cpus_per_worker"]
+
+
 def _alive_train_worker_pids() -> list[int]:
     import ray
 
