@@ -25,10 +25,11 @@ from epoch to epoch:
 CPU-seconds are summed over this process and every process under it (Ray's raylet, GCS, read
 tasks, actors: ``utime + stime + cutime + cstime`` from ``/proc``, so processes that ended
 during an epoch count through their parent), as deltas around each epoch. The loader's catalog
-(listing + footers, once per run in the trainer) is charged to every one of its epochs, as if
-it were made again each epoch. ``cores_per_h100`` = 3,000 samples/s (a ViT-B SatMAE step on
-one H100 at the MFU goal) ÷ samples per CPU-second: the cores a GPU worker needs if its loader
-keeps up at this cost per sample. With ``--ray-data`` Ray's idle processes add their
+(listing + footers, once per run in the trainer) is charged to its first epoch, time and CPU,
+as in a run; the plain reader lists the files every epoch. ``cores_per_h100`` = 3,000 samples/s
+(a ViT-B SatMAE step on one H100 at the MFU goal) ÷ samples per CPU-second: the cores a GPU
+worker needs if its loader keeps up at this cost per sample. ``--max-batches`` epochs are for
+first-batch times: their samples per CPU-second carry the start-up and read-ahead of a whole epoch. With ``--ray-data`` Ray's idle processes add their
 background CPU to every path's epochs (a few tenths of a second each).
 
 The last line printed is one JSON object.
@@ -206,19 +207,19 @@ def run_ray_data(it_shape, epoch: int, args, tuned: bool) -> tuple[int, float]:
 
 
 # ----------------------------------------------------------------------------- the run
-def summarize(epochs: list[dict], chip_mb: float, extra_cpu: float = 0.0) -> dict:
-    """Figures of one path over its epochs; ``extra_cpu`` CPU-s charged to each epoch."""
+def summarize(epochs: list[dict], chip_mb: float) -> dict:
+    """Figures of one path over its epochs."""
     samples = sum(e["samples"] for e in epochs)
-    cpu = sum(e["cpu_s"] + extra_cpu for e in epochs)
+    cpu = sum(e["cpu_s"] for e in epochs)
     wall = sum(e["wall_s"] for e in epochs)
-    per_epoch = [e["samples"] / (e["cpu_s"] + extra_cpu) for e in epochs]
+    per_epoch = [e["samples"] / e["cpu_s"] for e in epochs]
     return {
         "samples_per_cpu_s": round(samples / cpu, 1),
         "epoch_samples_per_cpu_s": [round(v, 1) for v in per_epoch],
         "mb_per_cpu_s": round(samples * chip_mb / cpu, 1),
         "mb_per_s": round(samples * chip_mb / wall, 1),
         "first_batch_s": [round(e["first_batch_s"], 3) for e in epochs],
-        "cpu_s": [round(e["cpu_s"] + extra_cpu, 2) for e in epochs],
+        "cpu_s": [round(e["cpu_s"], 2) for e in epochs],
         "process_cpu_s": [round(e["process_cpu_s"], 2) for e in epochs],
         "wall_s": [round(e["wall_s"], 2) for e in epochs],
         "cores_per_h100": round(H100_SAMPLES_PER_S * cpu / samples, 3),
@@ -305,8 +306,9 @@ def main(argv=None) -> dict:
                 if ray_started:
                     time.sleep(0.5)  # ended read tasks and actors are reaped, their CPU lands in the parent
                 cpu, mine = cpu_between(before, tree_cpu())
-                if name == "loader" and epoch == 0:
-                    first += catalog_wall  # the run's listing and footers come before its first batch
+                if name == "loader" and epoch == 0:  # the run's listing and footers come before its first batch
+                    first, wall = first + catalog_wall, wall + catalog_wall
+                    cpu, mine = cpu + catalog_cpu, mine + catalog_cpu
                 results[name].append({"samples": samples, "cpu_s": cpu, "process_cpu_s": mine, "wall_s": wall,
                                       "first_batch_s": first})
                 log.info("epoch %d %-15s %7d samples  %6.1f CPU-s (%5.1f in this process)  %6.1f s  first batch "
@@ -319,7 +321,7 @@ def main(argv=None) -> dict:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)
 
-    figures = {name: summarize(results[name], chip_mb, catalog_cpu if name == "loader" else 0.0) for name in names}
+    figures = {name: summarize(results[name], chip_mb) for name in names}
     loader, plain = figures["loader"], figures["plain"]
     out = {
         "samples_per_cpu_s": loader["samples_per_cpu_s"],
@@ -334,7 +336,8 @@ def main(argv=None) -> dict:
         "paths": figures,
         "files": args.files, "unique_files": args.unique_files, "chips_per_epoch": args.files * args.chips_per_file,
         "chip_mb": round(chip_mb, 4), "disk_mb_per_chip": round(disk_mb / (args.files * args.chips_per_file), 4),
-        "epochs": args.epochs, "max_batches": args.max_batches, "batch": args.batch, "shuffle_buffer": args.shuffle_buffer,
+        "epochs": args.epochs, "max_batches": args.max_batches, "batch": args.batch,
+        "shuffle_buffer": args.shuffle_buffer,
         "read_threads": args.read_threads, "prefetch": args.prefetch,
         "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 1),
     }
