@@ -29,8 +29,9 @@ during an epoch count through their parent), as deltas around each epoch. The lo
 as in a run; the plain reader lists the files every epoch. ``cores_per_h100`` = 3,000 samples/s
 (a ViT-B SatMAE step on one H100 at the MFU goal) ÷ samples per CPU-second: the cores a GPU
 worker needs if its loader keeps up at this cost per sample. ``--max-batches`` epochs are for
-first-batch times: their samples per CPU-second carry the start-up and read-ahead of a whole epoch. With ``--ray-data`` Ray's idle processes add their
-background CPU to every path's epochs (a few tenths of a second each).
+first-batch times: their samples per CPU-second carry the start-up and read-ahead of a whole
+epoch. With ``--ray-data`` Ray's idle processes add their background CPU to every path's epochs
+(a few tenths of a second each).
 
 The last line printed is one JSON object.
 """
