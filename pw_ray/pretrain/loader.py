@@ -28,7 +28,6 @@ batch buffers.
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import sys
 import threading
@@ -41,8 +40,6 @@ import pyarrow.parquet as pq
 
 from pw_ray import storage
 from pw_ray.ingest.shards import column_pixels
-
-log = logging.getLogger(__name__)
 
 #: Threads that read footers in :func:`read_catalog` (object stores answer many small reads at once).
 CATALOG_THREADS = 32
@@ -260,12 +257,16 @@ class ChipStream:
                                         daemon=True)
         self._thread.start()
         try:
-            for _ in range(len(self)):
-                item = self._queue.get()
+            yielded = 0
+            while (item := self._queue.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
                 yield torch.from_numpy(item)
+                yielded += 1
                 del item
+            if yielded != len(self):
+                raise RuntimeError(f"rank {self.rank}'s stream of epoch {self.epoch} ended after {yielded} of "
+                                   f"{len(self)} batches")
         finally:
             self.close()
 
@@ -301,6 +302,8 @@ class ChipStream:
             self._fill()
         except BaseException as err:  # handed to the consumer, which raises it
             self._put(err)
+        else:
+            self._put(_DONE)
 
     def _fill(self) -> None:
         if not len(self):
