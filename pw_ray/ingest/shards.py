@@ -166,6 +166,19 @@ def shard_files(root: str, set_name: str) -> list[str]:
             if "/region=" in u and TMP_MARK not in u.rsplit("/", 1)[-1]]
 
 
+def wds_files(root: str, set_name: str) -> list[str]:
+    """All complete WebDataset tars of a set, sorted."""
+    return [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True, suffix=".tar")
+            if TMP_MARK not in u.rsplit("/", 1)[-1]]
+
+
+def chunk_of(uri: str) -> tuple[str, int]:
+    """(region, chunk) of a shard file, from its name ``<set>-<region>-<chunk>.<ext>``."""
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    head, chunk = stem.rsplit("-", 1)
+    return head.rsplit("-", 1)[1], int(chunk)
+
+
 def remove_partial(root: str, set_name: str) -> int:
     """Delete temp files left by writes that were killed mid-way (a rerun's first step).
 
