@@ -151,20 +151,6 @@ def points_record(cfg: ExperimentConfig, kind: str, spec) -> dict:
     return lineage.record(inputs)
 
 
-def source_inputs(cfg: ExperimentConfig) -> dict:
-    """The lineage of a set's scenes (``index``) and of what shapes its chunks besides their rows
-    and the chip spec (``chunks``), in the config's own names (``stac.datetime``)."""
-    keys = ("kind", "url", "catalog", "collection", "datetime", "max_cloud_cover", "max_items", "seasons")
-    stac = {k: getattr(cfg.stac, k) for k in keys}
-    if cfg.stac.kind == "synthetic":  # the archive is a function of its spec
-        stac["synthetic"] = cfg.stac.synthetic
-    chunks = {k: stac[k] for k in ("kind", "url", "catalog", "collection")}
-    chunks["landcover"] = cfg.stac.landcover
-    if "synthetic" in stac:
-        chunks["synthetic"] = stac["synthetic"]
-    return {"index": {"stac": stac}, "chunks": {"stac": chunks}}
-
-
 def points_uri(cfg: ExperimentConfig, name: str) -> str:
     return storage.join(cfg.root, "points", f"{name}.parquet")
 
@@ -245,7 +231,7 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
             s = ingest_imported(cfg.root, spec, pts, cfg.chips, force=force, retry_failed=retry_failed)
         else:
             s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover,
-                           force=force, retry_failed=retry_failed, source=source_inputs(cfg))
+                           force=force, retry_failed=retry_failed)
         summaries[name] = s.__dict__
         for line in s.reuse_lines():
             _say(f"ingest {line}")

@@ -36,7 +36,11 @@ def plain(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if callable(value):  # e.g. a signing function: its name is what identifies it
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}"
+    return repr(value)
 
 
 def canonical_json(value: Any) -> str:

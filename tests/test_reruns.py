@@ -39,7 +39,7 @@ def _points(cfg, name="mix"):
 def _ingest_set(cfg, name="mix", **kw):
     src = E.source(cfg)
     return run_ingest(cfg.root, name, _points(cfg, name), src.searcher, src.adapter, cfg.chips, src.landcover,
-                      source=E.source_inputs(cfg), **kw)
+                      **kw)
 
 
 def _shard_lineages(cfg, name="mix"):

@@ -157,7 +157,10 @@ def retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
                     return fn()
             return fn()
         except (rasterio.errors.RasterioIOError, OSError) as err:
-            if attempt == retries or failure_kind(err) == PERMANENT:  # a corrupt file stays corrupt
+            if failure_kind(err) == PERMANENT:  # a corrupt or missing file stays so: say which, no retry
+                log.warning("read of %s failed, not retried (%s)", redact(what), redact(err))
+                raise
+            if attempt == retries:
                 raise
             delay = backoff_s * (2 ** attempt) * (1 + random.random())
             log.warning("read of %s failed (%s); retry %d/%d in %.1fs", redact(what), redact(err), attempt + 1,

@@ -150,7 +150,8 @@ def write_chunk(rows: pd.DataFrame, group_by: str, read_group: GroupReader, *, r
         try:
             px, meta = read_group(grp, sw)
         except Exception as err:  # a failing group costs its chips, never the chunk
-            reason = redact(f"{type(err).__name__}: {err}")
+            cause = err.__cause__ or err.__context__
+            reason = redact(f"{type(err).__name__}: {err}" + (f" ({cause})" if cause is not None else ""))
             log.warning("%s %s: %s failed: %s", set_name, S.shard_name(set_name, region, chunk), key, reason)
             kind = failure_kind(err)
             failed += [[str(c), reason, kind] for c in grp["chip_id"]]

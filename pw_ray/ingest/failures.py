@@ -34,7 +34,7 @@ _PERMANENT_TEXT = re.compile(
 def failure_kind(err: BaseException | str) -> str:
     """:data:`TRANSIENT` or :data:`PERMANENT` for an exception (or a ``"Type: message"`` reason)."""
     if isinstance(err, BaseException):
-        name, text = type(err).__name__, str(err)
+        name, text = type(err).__name__, _chain_text(err)
         if isinstance(err, (TimeoutError, ConnectionError)):
             return TRANSIENT
     else:
@@ -44,6 +44,17 @@ def failure_kind(err: BaseException | str) -> str:
     if name in _PERMANENT_TYPES or _PERMANENT_TEXT.search(text):
         return PERMANENT
     return TRANSIENT
+
+
+def _chain_text(err: BaseException) -> str:
+    """The messages of an exception and its causes (rasterio's "Read failed. See previous
+    exception" names the GDAL error only in its cause)."""
+    parts, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__
+    return " | ".join(parts)
 
 
 def retryable(kind: str, retry_failed: bool = False) -> bool:

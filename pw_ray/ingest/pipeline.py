@@ -301,11 +301,18 @@ def describe_landcover(lc: LandcoverSource | None) -> dict | None:
 
 def source_inputs(searcher, adapter: CatalogAdapter, landcover: LandcoverSource | None) -> dict:
     """What decides a set's scenes (``"index"``) and, besides its rows and the chip spec, its
-    chunks' bytes (``"chunks"``), derived from the objects themselves. The experiment passes the
-    same from the config instead (``experiment.source_inputs``), so that a rerun can say
-    ``stac.datetime changed``."""
-    return {"index": {"search": describe_search(searcher), "catalog": lineage.plain(adapter)},
-            "chunks": {"catalog": lineage.plain(adapter), "landcover": describe_landcover(landcover)}}
+    chunks' bytes (``"chunks"``). Searchers and land-cover sources built from a config carry it
+    in the config's names (``search.stac_lineage``: a rerun then says ``stac.datetime changed``);
+    for others it is derived from the objects."""
+    stac = getattr(searcher, "lineage", None)
+    lc = getattr(landcover, "lineage", None) if landcover is not None else None
+    if lc is None and landcover is not None:
+        lc = describe_landcover(landcover)
+    if stac is None:
+        return {"index": {"search": describe_search(searcher), "catalog": lineage.plain(adapter)},
+                "chunks": {"catalog": lineage.plain(adapter), "landcover": lc}}
+    chunks = {k: stac[k] for k in ("kind", "url", "catalog", "collection", "synthetic") if k in stac}
+    return {"index": {"stac": stac}, "chunks": {"stac": {**chunks, "landcover": lc}}}
 
 
 def index_inputs(points: pd.DataFrame, source: dict, spec: ChipSpec) -> dict:
