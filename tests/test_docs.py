@@ -129,6 +129,9 @@ def _split(command: str) -> list[str] | None:
         return None
 
 
+INVOCATION = re.compile(r"(?:^|(?<=[\s(]))(?:pw-ray(?=\s)|python3? (?P<job>jobs/[\w$.-]+\.py))(?P<rest>.*)")
+
+
 def commands_in(md_path: Path) -> list[Command]:
     """``pw-ray …`` and ``python jobs/<stage>.py …`` invocations shown in shell blocks and inline code.
 
@@ -147,7 +150,7 @@ def commands_in(md_path: Path) -> list[Command]:
         snippets.append((f"{rel}:{outside.count(chr(10), 0, m.start()) + 1}", m.group("code")))
     found = []
     for where, snippet in snippets:
-        for m in re.finditer(r"(?:^|(?<=[\s(]))(?:pw-ray(?=\s)|python3? (?P<job>jobs/[\w$.-]+\.py))(?P<rest>.*)", snippet):
+        for m in INVOCATION.finditer(snippet):
             tokens = _split(m.group("rest"))
             if tokens is None:
                 continue
