@@ -8,7 +8,8 @@
    permanent. Items go to ``index/<set>-items.parquet`` (no signed URLs).
 2. **Chunks**: kept chips are sorted by (region, scene, window) and whole scenes packed into
    chunks of at most ``chips.chunk_size``; a chunk's chips come from few scenes.
-3. **Shards**: one Ray task per chunk reads its scenes and writes its Parquet (+ WebDataset tar)
+3. **Shards**: one Ray task per chunk reads its scenes and writes
+   ``shards/<set>/parquet/<r>/<set>-<r>-<chunk>.parquet`` (+ ``shards/<set>/wds/…tar``)
    atomically with :func:`pw_ray.ingest.chunks.write_chunk`, reusing a stored chunk only when its
    lineage matches; shards of chunks no longer planned are removed.
 4. **Manifest** (``manifest/<set>.parquet``): one row per chip, ``ok`` | ``skipped`` | ``failed``,
@@ -16,6 +17,9 @@
 
 Every stored output records the digest of its inputs (:mod:`pw_ray.lineage`), so a rerun after a
 config change redoes exactly what the change touches and says why.
+
+The index and the manifest have one row per chip: per point with ``stac.seasons`` = 1, else
+one per point and season (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations
@@ -577,6 +581,8 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
 
     if n_stale := S.remove_partial(root, set_name):
         log.info("ingest %s: removed %d temp files of writes killed mid-way", set_name, n_stale)
+    if n_moved := S.adopt_legacy_layout(root, set_name):
+        log.info("ingest %s: moved %d shards of the older region=<r>/ layout into parquet/<r>/", set_name, n_moved)
     chunked = assign_chunks(index, spec.chunk_size)
     tasks = chunk_tasks(chunked, items_json)
     results = []
