@@ -374,7 +374,10 @@ def load_config(uri: str | Path, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"config {uri} must be a mapping at the top level")
     cfg = parse_config(data, overrides)
     if check_root:
-        storage.check_writable(cfg.root)
+        try:
+            storage.check_writable(cfg.root)
+        except storage.RootNotWritable as err:
+            raise ConfigError(f"invalid config:\n  root: {err}") from None
     return cfg
 
 

@@ -145,18 +145,18 @@ def remove(uri: str) -> None:
         fs.delete_file(path)
 
 
-def check_writable(root: str) -> None:
-    """Fail fast, naming ``root``, when the storage root cannot be written."""
-    from pw_ray.config import ConfigError
+class RootNotWritable(OSError):
+    """A storage root that cannot be written (missing bucket, no credentials, read-only disk…)."""
 
+
+def check_writable(root: str) -> None:
+    """Fail fast, naming ``root``, when the storage root cannot be written (:class:`RootNotWritable`)."""
     probe = join(root, f".pw-ray-write-probe-{uuid.uuid4().hex[:8]}")
     try:
         write_bytes(probe, b"ok")
         remove(probe)
     except Exception as err:  # any failure means the run could not store its outputs
-        raise ConfigError(
-            f"invalid config:\n  root: storage root {root!r} is not writable or not reachable ({err})"
-        ) from None
+        raise RootNotWritable(f"storage root {root!r} is not writable or not reachable ({err})") from None
 
 
 def to_local_dir(uri: str) -> Path:
