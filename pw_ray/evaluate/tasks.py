@@ -96,6 +96,27 @@ def region_subset(table: pd.DataFrame, region: str) -> pd.DataFrame:
     return table[table["region"] == region]
 
 
+def train_subsample(table: pd.DataFrame, fraction: float, seed: int, task_type: str) -> pd.DataFrame:
+    """``table`` with its training split thinned to ``fraction`` (``evaluation.train_fraction``);
+    val and test rows untouched, so every seed is scored on the same chips.
+
+    A seeded draw (``seed``: the evaluation seed) over the training rows in ``chip_id`` order:
+    per label for classification, each class keeping ``max(1, round(m·fraction))`` of its ``m``
+    chips (no class vanishes from a few-shot split); ``max(1, round(n·fraction))`` of all ``n``
+    for regression. ``fraction`` 1 returns ``table`` itself.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return table
+    train = table[table["split"] == "train"].sort_values("chip_id", kind="stable")
+    rng = np.random.default_rng(seed)
+    groups = [g for _, g in train.groupby("label", sort=True)] if task_type == "classification" else [train]
+    keep = [g.index[rng.permutation(len(g))[:max(1, int(round(len(g) * fraction)))]] for g in groups if len(g)]
+    kept = set(np.concatenate(keep).tolist()) if keep else set()
+    return table[(table["split"] != "train") | table.index.isin(kept)]
+
+
 def points_from_csv(uri: str, name: str, seed: int) -> pd.DataFrame:
     """Labelled points (CSV or Parquet of lon, lat, label — the MOSAIKS shape) → plan rows."""
     from pw_ray.regions import regions_of
