@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["root"] = args.root
     try:
         if args.command == "validate":  # validation writes nothing: no probe file, no root folder
-            from pw_ray.storage import check_creatable
+            from pw_ray.config import check_storage_root
 
             cfg = load_config(args.config, overrides, check_root=False)
-            check_creatable(cfg.root)
+            check_storage_root(cfg.root, write=False)
         else:
             cfg = load_config(args.config, overrides)
     except ConfigError as err:

@@ -407,8 +407,20 @@ def load_config(uri: str | Path, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"config {uri} must be a mapping at the top level")
     cfg = parse_config(data, overrides)
     if check_root:
-        storage.check_writable(cfg.root)
+        check_storage_root(cfg.root)
     return cfg
+
+
+def check_storage_root(root: str, write: bool = True) -> None:
+    """Check the storage root can hold the run's outputs, by writing a probe file (``write``) or,
+    writing nothing, that it is or can become a writable local folder; a :class:`ConfigError`
+    naming ``root`` if not."""
+    from pw_ray import storage
+
+    try:
+        storage.check_writable(root) if write else storage.check_creatable(root)
+    except storage.RootNotWritable as err:
+        raise ConfigError(f"invalid config:\n  root: {err}") from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -160,12 +160,15 @@ def move(src: str, dst: str) -> None:
     fs.move(src_path, dst_path)
 
 
+class RootNotWritable(OSError):
+    """A storage root that cannot be written (missing bucket, no credentials, read-only disk…)."""
+
+
 def check_creatable(root: str) -> None:
     """Check, writing nothing, that a local storage root exists as a writable folder or could be
-    created (its nearest existing ancestor is a writable folder). Remote roots are not checked:
-    the first stage that writes finds out (:func:`check_writable` does, by writing)."""
-    from pw_ray.config import ConfigError
-
+    created (its nearest existing ancestor is a writable folder); :class:`RootNotWritable` if
+    not. Remote roots are not checked: the first stage that writes finds out
+    (:func:`check_writable` does, by writing)."""
     if is_remote(root):
         return
     path = Path(local_path(root))
@@ -178,21 +181,17 @@ def check_creatable(root: str) -> None:
     elif not os.access(probe, os.W_OK | os.X_OK):
         why = f"{probe} is not writable"
     if why:
-        raise ConfigError(f"invalid config:\n  root: storage root {root!r} cannot be created or written ({why})")
+        raise RootNotWritable(f"storage root {root!r} cannot be created or written ({why})")
 
 
 def check_writable(root: str) -> None:
-    """Fail fast, naming ``root``, when the storage root cannot be written."""
-    from pw_ray.config import ConfigError
-
+    """Fail fast, naming ``root``, when the storage root cannot be written (:class:`RootNotWritable`)."""
     probe = join(root, f".pw-ray-write-probe-{uuid.uuid4().hex[:8]}")
     try:
         write_bytes(probe, b"ok")
         remove(probe)
     except Exception as err:  # any failure means the run could not store its outputs
-        raise ConfigError(
-            f"invalid config:\n  root: storage root {root!r} is not writable or not reachable ({err})"
-        ) from None
+        raise RootNotWritable(f"storage root {root!r} is not writable or not reachable ({err})") from None
 
 
 def to_local_dir(uri: str) -> Path:

@@ -275,7 +275,8 @@ def _tuner(trainable, cfg: ExperimentConfig, cells: list[dict], name: str, stora
         param_space={"root": storage.resolve(cfg.root), "eval": eval_cfg, "cell": tune.grid_search(cells)},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.evaluation.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
-                                  callbacks=[GridProgress(storage.resolve(cfg.root), [cell_id(c) for c in cells])],
+                                  callbacks=[GridProgress(storage.resolve(cfg.root), [cell_id(c) for c in cells],
+                                                          cell_id)],
                                   failure_config=tune.FailureConfig(max_failures=2)),
     )
 

@@ -131,3 +131,36 @@ def test_a_write_killed_mid_way_is_hidden_from_folder_readers(tmp_path, monkeypa
     assert pq.read_table(S.parquet_dir(root, "s")).num_rows == 2
     assert S.shard_files(root, "s") == [S.parquet_uri(root, "s", "eu", 0)]
     assert S.remove_partial(root, "s") == 1 and not left.exists()
+
+
+def test_webdataset_tar_is_deterministic_and_read_by_webdataset(tmp_path):
+    import webdataset as wds
+
+    px = _pixels(5)
+    meta = _meta(5)
+    meta[0]["chip_id"] = "europe-eu-000001.S2B_MSIL2A_20230614T103629.0"  # dots: WebDataset keys have none
+    table = S.chips_table(meta, px, BANDS)
+    data = S.webdataset_bytes(table)
+    assert S.webdataset_bytes(table) == data  # a rerun writes the same bytes
+    (tmp_path / "a.tar").write_bytes(data)
+    samples = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False).decode())
+    assert [s["__key__"] for s in samples] == ["europe-eu-000001_S2B_MSIL2A_20230614T103629_0",
+                                               "c1", "c2", "c3", "c4"]
+    assert [s["json"]["chip_id"] for s in samples] == [m["chip_id"] for m in meta]
+    assert all(s["json"]["bands"] == BANDS for s in samples)
+    np.testing.assert_array_equal(np.stack([s["npy"] for s in samples]), px)
+
+
+def test_writing_a_webdataset_tar_does_not_import_torch():
+    # Why webdataset_bytes is hand-written: webdataset's own writer imports torch (+~500 MB per
+    # ingest worker, bench/webdataset_writer.py).
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from pw_ray.ingest import shards as S\n"
+            "t = S.chips_table([dict(chip_id='c0')], np.zeros((1, 2, 4, 4), np.uint16), ['B02', 'B03'])\n"
+            "assert len(S.webdataset_bytes(t)) > 0\n"
+            "print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
