@@ -77,10 +77,34 @@ def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str]) -> 
     return df.sort_values("chip_id").reset_index(drop=True)
 
 
+def task_record(root: str, name: str, table: pd.DataFrame) -> dict:
+    """The lineage of a task table: its labels and splits, and the chunks its chips are in (the
+    lineage digests of the task's shards), so embeddings and cells know when the task changed."""
+    from pw_ray import lineage
+    from pw_ray.ingest import shards as S
+    from pw_ray.ingest.chunks import frame_digest
+
+    chunks = sorted((lineage.of_parquet(u) or {}).get("digest", "") for u in S.shard_files(root, name))
+    return lineage.record({"labels": frame_digest(table), "chunks": lineage.digest(chunks)})
+
+
 def write_task(root: str, spec: TaskSpec, table: pd.DataFrame) -> None:
+    """``tasks/<task>.parquet`` with its lineage (:func:`task_record`)."""
+    from pw_ray import lineage
+
     if spec.task_type == "classification":
         table = table.assign(label=table["label"].astype(str))
-    storage.write_table(pa.Table.from_pandas(table, preserve_index=False), task_uri(root, spec.name))
+    out = lineage.attach(pa.Table.from_pandas(table, preserve_index=False), task_record(root, spec.name, table))
+    storage.write_table(out, task_uri(root, spec.name))
+
+
+def task_digest(root: str, task: str) -> str:
+    """The lineage digest of a stored task table (from its footer); a table written before
+    lineage existed is identified by its bytes."""
+    from pw_ray import lineage
+
+    rec = lineage.of_parquet(task_uri(root, task))
+    return rec["digest"] if rec else lineage.bytes_digest(storage.read_bytes(task_uri(root, task)))
 
 
 def read_task(root: str, task: str) -> pd.DataFrame:
