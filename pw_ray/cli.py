@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _print_fetch_hint(index_uri: str | None) -> None:
+    """On an object store, say how to copy the report folder to this machine to open it."""
+    from pw_ray import storage
+
+    if index_uri and storage.is_remote(index_uri):
+        folder = index_uri.rsplit("/", 1)[0]
+        print(f"report: fetch it with `{storage.fetch_hint(folder)}`, then open report/index.html", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pw_ray.runtime import setup_logging
 
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("demo", "run"):
             path = E.run_all(cfg, force=args.force, retry_failed=getattr(args, "retry_failed", False))
             print(f"done in {time.perf_counter() - t0:.0f}s — report: {path}", flush=True)
+            _print_fetch_hint(path)
         elif args.command == "plan":
             E.plan(cfg, args.force)
         elif args.command == "ingest":
@@ -111,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "analyze":
             E.analyze(cfg, args.force)
         elif args.command == "report":
-            print(f"report: {E.report(cfg, args.force)}")
+            path = E.report(cfg, args.force)
+            print(f"report: {path}", flush=True)
+            _print_fetch_hint(path)
     except Exception as err:
         log.exception("%s failed", args.command)
         # The reason must be the last line of the output (`ray job logs`, the job's status

@@ -8,16 +8,17 @@ whole pipeline says what it skipped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pw_ray import lineage, storage
 from pw_ray.config import ExperimentConfig, dump_config
@@ -34,14 +35,20 @@ def _digest(cfg: ExperimentConfig) -> str:
 
 def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
     """What a stage's "done" marker stands for: the config, and for plan and ingest the inputs
-    that live outside it (the bytes of labelled-point files; the lineage of each set's points),
-    so that an edited points file or re-planned set re-enters the stage."""
+    that live outside it (the bytes of labelled-point files; the lineage of each set's points and
+    the names of its shard files), so that an edited points file, a re-planned set or a deleted
+    shard re-enters the stage."""
     extra = []
     if stage == "plan":
         extra = [lineage.bytes_digest(storage.read_bytes(t.path)) if storage.exists(t.path) else None
                  for t in cfg.tasks if t.kind == "points"]
     elif stage == "ingest":
-        extra = [(lineage.of_parquet(points_uri(cfg, name)) or {}).get("digest") for name, _, _ in _point_sets(cfg)]
+        from pw_ray.ingest import shards as S
+
+        # The points each set was ingested from, and the shard files it has now (a deleted shard,
+        # e.g. a corrupt one removed by hand, re-enters the stage, which writes just that chunk).
+        extra = [[(lineage.of_parquet(points_uri(cfg, name)) or {}).get("digest"),
+                  [u.rsplit("/", 1)[-1] for u in S.shard_files(cfg.root, name)]] for name, _, _ in _point_sets(cfg)]
     return lineage.digest([_digest(cfg), extra]) if extra else _digest(cfg)
 
 
@@ -86,6 +93,17 @@ class Source:
         return list(self.landcover.names) if self.landcover is not None else []
 
 
+def archive_folder(root: str):
+    """The local folder of the synthetic archive: ``<root>/archive`` on a local root.
+
+    On a remote root it lives in the local cache (:func:`pw_ray.storage.cache_dir`): GDAL reads its
+    COGs by local path, so every process that reads chips must run on this machine (the demo, a
+    one-node Ray). The archive is a fixture rebuilt from its seed, not an output worth uploading;
+    a multi-node cluster ingests from a STAC catalog (``stac.kind: api``).
+    """
+    return storage.cache_dir(storage.join(root, "archive"))
+
+
 def source(cfg: ExperimentConfig) -> Source:
     """Searcher, catalog adapter and auxiliary layers for the config's ``stac`` section."""
     from pw_ray.ingest.catalogs import adapter_for
@@ -100,7 +118,7 @@ def source(cfg: ExperimentConfig) -> Source:
     from pw_ray import synthetic
     from pw_ray.regions import regions_of
 
-    archive_dir = storage.to_local_dir(storage.join(cfg.root, "archive"))
+    archive_dir = archive_folder(cfg.root)
     info = synthetic.build_archive(archive_dir, cfg.stac.synthetic, progress=True)
     items = synthetic.load_items(info)
     coverage: dict[str, list] = {}
@@ -313,16 +331,17 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
     for s in cfg.pretrain_sets:
         files = S.shard_files(cfg.root, s.name)
         if files:
-            t = storage.read_table(files[0])
+            t = S.read_shard(files[0], s.name)
             sample.append(D.sample_pixels(S.read_pixels(t)[:32], per_chip=64, seed=0))
     codebook = D.fit_codebook(np.concatenate(sample), a.spectral_clusters, seed=0) if sample else None
     rows = []
     for s in cfg.pretrain_sets:
         acc = D.DiversityAccumulator(a.spectral_bins, codebook)
         files = S.shard_files(cfg.root, s.name)
-        fs, first = storage.filesystem(files[0])
-        # The footer holds the chip shape: no need to read a whole shard's pixels for it.
-        shape = json.loads(pq.read_schema(first, filesystem=fs).metadata[b"pw_ray.shape"])
+        fs, _ = storage.filesystem(files[0])
+        # The footers hold the chip shape (no need to read a shard's pixels for it), and reading
+        # them all first names an unreadable shard before Ray Data streams the set.
+        shape = S.footer_shape(S.shard_footers(files, s.name)[0])
         ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs).select_columns(
             ["pixels", "region", "biome", "landcover"])
         for batch in ds.iter_batches(batch_size=128, batch_format="pyarrow"):  # streams: never the whole set
@@ -374,7 +393,7 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
     for s in cfg.pretrain_sets:
         files = S.shard_files(cfg.root, s.name)
         if files and len(rgb) == 3:
-            chips_by_set[s.name] = S.read_pixels(storage.read_table(files[0]))[:6][:, rgb]
+            chips_by_set[s.name] = S.read_pixels(S.read_shard(files[0], s.name))[:6][:, rgb]
         m = storage.read_table(storage.join(cfg.root, "manifest", f"{s.name}.parquet")).to_pandas()
         c = m["status"].value_counts()
         counts.append({"pretrain_set": s.name, **{k: int(c.get(k, 0)) for k in ("ok", "skipped", "failed")}})
@@ -385,16 +404,23 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
         from pw_ray.analyze.external import parse_external_sets
 
         external = parse_external_sets(res("external_sets.parquet"), origin=cfg.analysis.external_sets)
-    local_out = storage.to_local_dir(out)  # report rendering needs a local folder
-    path = write_report(
-        local_out, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
+    render = functools.partial(
+        write_report, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
         correlations=res("correlations.parquet"), points=points, chips_by_set=chips_by_set,
         manifest_counts=pd.DataFrame(counts).set_index("pretrain_set"),
         continents_path=str(pkg_files("pw_ray") / "data" / "continents.geojson"),
         title=f"Pretrain where? — {cfg.name}",
     )
+    if storage.is_remote(out):  # rendering needs a local folder: render in a temp one, upload every file
+        with tempfile.TemporaryDirectory(prefix="pwray-report-") as local_out:
+            path = render(local_out)
+            uploaded = storage.upload_dir(local_out, out)
+        path = storage.join(out, path.relative_to(local_out).as_posix())
+        log.info("report: %d files uploaded to %s", len(uploaded), out)
+    else:
+        path = str(render(storage.to_local_dir(out)))
     _mark(cfg, "report", t0)
-    return str(path)
+    return path
 
 
 def run_all(cfg: ExperimentConfig, force: bool = False, stop_after: str | None = None,

@@ -118,6 +118,21 @@ def test_changed_chip_spec_rewrites_every_chunk_and_leaves_no_old_chip(ingested,
     assert_manifest_matches_shards(bigger.root, "mix")
 
 
+def test_a_deleted_shard_reenters_the_done_stage_and_only_its_chunk_is_written(ingested, capsys):
+    cfg = ingested
+    assert E.stage_done(cfg, "ingest")
+    victim = S.shard_files(cfg.root, "mix")[0]
+    storage.remove(victim)  # e.g. a corrupt shard removed by hand, as the error message says
+    assert not E.stage_done(cfg, "ingest")
+    capsys.readouterr()
+    E.ingest(cfg)
+    out = capsys.readouterr().out
+    n = len(S.shard_files(cfg.root, "mix"))
+    assert f"mix shards: {n - 1} chunks reused, 1 written (1 not written yet)" in out
+    assert storage.exists(victim) and E.stage_done(cfg, "ingest")
+    assert_manifest_matches_shards(cfg.root, "mix")
+
+
 def test_force_really_redoes_the_stage(ingested):
     s = _ingest_set(ingested, force=True)
     assert s.index_why == "--force"

@@ -308,7 +308,8 @@ def drop_stale_results(root: str, cells: list[dict], eval_cfg: dict | None = Non
     return dropped
 
 
-def _tuner(trainable, cfg: ExperimentConfig, cells: list[dict], name: str, storage_path: str, eval_cfg: dict):
+def _tuner(trainable, cfg: ExperimentConfig, cells: list[dict], name: str, storage_path: str, storage_fs,
+           eval_cfg: dict):
     from ray import tune
 
     from pw_ray.evaluate.progress import GridProgress
@@ -317,7 +318,7 @@ def _tuner(trainable, cfg: ExperimentConfig, cells: list[dict], name: str, stora
         trainable,
         param_space={"root": storage.resolve(cfg.root), "eval": eval_cfg, "cell": tune.grid_search(cells)},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.evaluation.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
                                   callbacks=[GridProgress(storage.resolve(cfg.root), [cell_id(c) for c in cells],
                                                           cell_id)],
                                   failure_config=tune.FailureConfig(max_failures=2)),
@@ -331,7 +332,10 @@ def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> dict:
     """
     from ray import tune
 
+    from pw_ray.runtime import keep_credentials_out_of_tune
+
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # see RAY_NOTES: lose at most 1 s of state
+    keep_credentials_out_of_tune()  # else Tune puts the driver's AWS keys into every trial's runtime env
     expected = expected_records(cfg.root, cells, cfg.evaluation.model_dump())
     drop_stale_results(cfg.root, cells, expected=expected)
     storage.write_text(expected_uri(cfg.root), json.dumps(expected, sort_keys=True))
@@ -341,16 +345,18 @@ def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> dict:
         log.info("evaluate: all %d cells finished, nothing to run", len(cells))
         return info
     eval_cfg = cfg.evaluation.model_dump()
-    storage_path = storage.resolve(storage.join(cfg.root, "runs"))
+    # A path inside storage_fs (the bucket's key on an object store) and pw-ray's filesystem for it.
+    storage_path, storage_fs = storage.ray_storage(storage.join(cfg.root, "runs"))
     path = storage.join(storage_path, "grid")
     trainable = tune.with_resources(run_cell_trial, _resources(eval_cfg))
-    if tune.Tuner.can_restore(path):
+    if tune.Tuner.can_restore(path, storage_filesystem=storage_fs):
         log.info("evaluate: restoring the grid at %s (%d of %d cells left)", path, len(todo), len(cells))
-        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False)
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, restart_errored=False,
+                                   storage_filesystem=storage_fs)
         info["restored"] = True
     else:
         log.info("evaluate: starting a grid of %d cells (%d left)", len(cells), len(todo))
-        tuner = _tuner(trainable, cfg, cells, "grid", storage_path, eval_cfg)
+        tuner = _tuner(trainable, cfg, cells, "grid", storage_path, storage_fs, eval_cfg)
     tuner.fit()
     left = [c for c in cells if not storage.exists(cell_uri(cfg.root, c))]
     if left:
@@ -360,10 +366,11 @@ def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> dict:
         name = f"grid-{digest}"
         log.info("evaluate: %d cells not covered by %s; running them in runs/%s", len(left), path, name)
         follow = storage.join(storage_path, name)
-        if tune.Tuner.can_restore(follow):
-            tuner = tune.Tuner.restore(follow, trainable, resume_errored=True, restart_errored=False)
+        if tune.Tuner.can_restore(follow, storage_filesystem=storage_fs):
+            tuner = tune.Tuner.restore(follow, trainable, resume_errored=True, restart_errored=False,
+                                       storage_filesystem=storage_fs)
         else:
-            tuner = _tuner(trainable, cfg, left, name, storage_path, eval_cfg)
+            tuner = _tuner(trainable, cfg, left, name, storage_path, storage_fs, eval_cfg)
         tuner.fit()
         info["follow_up"] = name
     return info

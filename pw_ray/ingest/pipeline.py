@@ -602,6 +602,6 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     summary = summarise(set_name, manifest, results)
     summary.index_why = "" if why is None else why
     summary.stale_removed = len(stale)
-    log.info("ingest %s", summary.line())
+    log.debug("ingest %s", summary.line())  # the experiment prints it (and what was reused) per set
     log.info("ingest %s: shard tasks' time: %s", set_name, summary.stages_line())
     return summary
