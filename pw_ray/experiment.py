@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pw_ray import storage
+from pw_ray import lineage, storage
 from pw_ray.config import ExperimentConfig, dump_config
 
 log = logging.getLogger("pw_ray")
@@ -33,6 +33,25 @@ def _digest(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
 
 
+def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
+    """What a stage's "done" marker stands for: the config, and for plan and ingest the inputs
+    that live outside it (the bytes of labelled-point files; the lineage of each set's points and
+    the names of its shard files), so that an edited points file, a re-planned set or a deleted
+    shard re-enters the stage."""
+    extra = []
+    if stage == "plan":
+        extra = [lineage.bytes_digest(storage.read_bytes(t.path)) if storage.exists(t.path) else None
+                 for t in cfg.tasks if t.kind == "points"]
+    elif stage == "ingest":
+        from pw_ray.ingest import shards as S
+
+        # The points each set was ingested from, and the shard files it has now (a deleted shard,
+        # e.g. a corrupt one removed by hand, re-enters the stage, which writes just that chunk).
+        extra = [[(lineage.of_parquet(points_uri(cfg, name)) or {}).get("digest"),
+                  [u.rsplit("/", 1)[-1] for u in S.shard_files(cfg.root, name)]] for name, _, _ in _point_sets(cfg)]
+    return lineage.digest([_digest(cfg), extra]) if extra else _digest(cfg)
+
+
 def _marker(cfg: ExperimentConfig, stage: str) -> str:
     return storage.join(cfg.root, "_stages", f"{stage}.json")
 
@@ -41,12 +60,13 @@ def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
     uri = _marker(cfg, stage)
     if not storage.exists(uri):
         return False
-    return json.loads(storage.read_text(uri)).get("config") == _digest(cfg)
+    return json.loads(storage.read_text(uri)).get("config") == _stage_digest(cfg, stage)
 
 
 def _mark(cfg: ExperimentConfig, stage: str, t0: float, **info) -> None:
     storage.write_text(_marker(cfg, stage), json.dumps(
-        {"stage": stage, "config": _digest(cfg), "seconds": round(time.perf_counter() - t0, 1), **info}))
+        {"stage": stage, "config": _stage_digest(cfg, stage), "seconds": round(time.perf_counter() - t0, 1),
+         **info}))
 
 
 def _skip(cfg: ExperimentConfig, stage: str, force: bool) -> bool:
@@ -126,7 +146,36 @@ def _point_sets(cfg: ExperimentConfig):
     return out
 
 
+#: Bump when sampling changes what a config's points are: stored points are then planned again.
+PLAN_VERSION = 1
+
+
+def points_record(cfg: ExperimentConfig, kind: str, spec) -> dict:
+    """The lineage record of one set's points: the set's (or task's) spec and seed, the spacing,
+    the layers that label points, where scenes exist (the synthetic archive's coverage), and for
+    labelled-point files and imported benchmarks the bytes of their index files."""
+    inputs = {"version": PLAN_VERSION, "pretrain_set" if kind == "pretrain" else "task": spec,
+              "min_spacing_m": cfg.chips.min_spacing_m,
+              "biome_path": cfg.stac.biome_path, "landcover": cfg.stac.landcover}
+    if cfg.stac.kind == "synthetic":  # sampling stays inside the archive's scenes, half a chip in
+        inputs["coverage"] = {"synthetic": cfg.stac.synthetic, "chip_m": cfg.chips.size_px * cfg.chips.resolution_m}
+    if kind == "task" and spec.kind == "points":
+        inputs["file"] = lineage.bytes_digest(storage.read_bytes(spec.path))
+        inputs["max_off_continent"] = cfg.chips.max_failed_fraction
+    elif kind == "task" and spec.kind in ("fmow", "geobench"):
+        from pw_ray.evaluate.builders import dataset_fingerprint
+
+        inputs["files"] = dataset_fingerprint(spec)
+    return lineage.record(inputs)
+
+
+def points_uri(cfg: ExperimentConfig, name: str) -> str:
+    return storage.join(cfg.root, "points", f"{name}.parquet")
+
+
 def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+    """Points of every pretraining set and task; a set's stored points are reused only when
+    their lineage matches (a changed size, seed, region, spacing or source plans them again)."""
     from pw_ray.config import PretrainSet
     from pw_ray.evaluate.tasks import points_from_csv
     from pw_ray.plan import label_points, plan_set
@@ -134,13 +183,18 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
     if _skip(cfg, "plan", force):
         return
     t0 = time.perf_counter()
-    src = src or source(cfg)
-    lc = src.landcover  # callable: (lons, lats) → class names, sampled pixel by pixel
+    todo = []
     for name, kind, spec in _point_sets(cfg):
-        uri = storage.join(cfg.root, "points", f"{name}.parquet")
-        if storage.exists(uri) and not force:
-            log.info("plan %s: points exist, keeping them", name)
-            continue
+        rec = points_record(cfg, kind, spec)
+        why = lineage.why_redo(lineage.of_parquet(points_uri(cfg, name)), rec, force)
+        if why is None:
+            _say(f"plan {name}: points reused (inputs unchanged)")
+        else:
+            todo.append((name, kind, spec, rec, why))
+    if todo:
+        src = src or source(cfg)
+    lc = src.landcover if todo else None  # callable: (lons, lats) → class names, sampled pixel by pixel
+    for name, kind, spec, rec, why in todo:
         if kind == "pretrain":
             pts = plan_set(spec, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
         elif spec.kind in ("synthetic-landcover", "synthetic-population"):
@@ -148,7 +202,9 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
             pset = PretrainSet(name=name, region="global", size=spec.size, seed=spec.seed + 10_000)
             pts = plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
         elif spec.kind == "points":
-            pts = label_points(points_from_csv(spec.path, name, spec.seed), src.biome_path, lc)
+            pts = label_points(points_from_csv(spec.path, name, spec.seed, task_type=spec.task_type,
+                                               max_off_fraction=cfg.chips.max_failed_fraction),
+                               src.biome_path, lc)
         elif spec.kind in ("fmow", "geobench"):
             # Imported benchmarks: their own index, split and images; no STAC search.
             from pw_ray.evaluate.builders import plan_imported
@@ -156,37 +212,60 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
             pts = plan_imported(spec)
         else:
             raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {name})")
-        storage.write_table(pa.Table.from_pandas(pts, preserve_index=False), uri)
+        uri = points_uri(cfg, name)
+        storage.write_table(lineage.attach(pa.Table.from_pandas(pts, preserve_index=False), rec), uri)
+        _say(f"plan {name}: {why} → {len(pts)} points planned")
         log.info("plan %s: %d points → %s", name, len(pts), uri)
     _mark(cfg, "plan", t0)
 
 
-def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+def _say(line: str) -> None:
+    """A progress line for the user (stdout) and the log."""
+    print(line, flush=True)
+    log.debug(line)
+
+
+def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None, retry_failed: bool = False) -> None:
+    """Index, shards and manifest of every set (each reusing what its lineage allows), then task
+    tables. Exits non-zero, naming the sets and their commonest reasons, when a set failed more
+    than ``chips.max_failed_fraction`` of its chips or produced none; the stage is then not
+    marked done and the next run retries."""
     from pw_ray.evaluate import tasks as T
     from pw_ray.ingest import shards as S
+    from pw_ray.ingest.failures import FailureBudgetExceeded
     from pw_ray.ingest.pipeline import run_ingest
 
-    if _skip(cfg, "ingest", force):
+    if not retry_failed and _skip(cfg, "ingest", force):
         return
     t0 = time.perf_counter()
     src = src or source(cfg)
-    summaries = {}
+    summaries, over_budget = {}, []
     for name, kind, spec in _point_sets(cfg):
-        pts = storage.read_table(storage.join(cfg.root, "points", f"{name}.parquet")).to_pandas()
+        pts = storage.read_table(points_uri(cfg, name)).to_pandas()
         if kind == "task" and spec.kind in ("fmow", "geobench"):
             # Imported benchmarks: chips straight from their images, their own split kept.
             from pw_ray.evaluate.builders import ingest_imported
 
-            s = ingest_imported(cfg.root, spec, pts, cfg.chips)
-            summaries[name] = s.__dict__
-            print(f"ingest {s.line()}", flush=True)
-            continue
-        s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover)
+            s = ingest_imported(cfg.root, spec, pts, cfg.chips, force=force, retry_failed=retry_failed)
+        else:
+            s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover,
+                           force=force, retry_failed=retry_failed)
         summaries[name] = s.__dict__
-        print(f"ingest {s.line()}", flush=True)
-        if kind == "task":
-            meta = S.read_set(cfg.root, name, columns=[c for c in S.META_COLUMNS]).to_pandas()
+        for line in s.reuse_lines():
+            _say(f"ingest {line}")
+        _say(f"ingest {s.line()}")
+        if err := s.budget_error(cfg.chips.max_failed_fraction):
+            over_budget.append(err)
+            continue
+        if kind == "task" and spec.kind not in ("fmow", "geobench"):
+            meta = S.read_set(cfg.root, name, columns=list(S.META_COLUMNS)).to_pandas()
+            if spec.kind == "points":  # the user's labels, by point (every season's chip gets its point's)
+                meta = meta.merge(pts[["point_id", "label"]], on="point_id", how="left", validate="many_to_one")
             T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names))
+    if over_budget:
+        raise FailureBudgetExceeded("ingest over its failure budget (the stage is not marked done; rerun "
+                                    "to retry transient failures, --retry-failed for permanent ones):\n  "
+                                    + "\n  ".join(over_budget))
     _mark(cfg, "ingest", t0, summaries=summaries)
 
 
@@ -344,14 +423,15 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
     return path
 
 
-def run_all(cfg: ExperimentConfig, force: bool = False, stop_after: str | None = None) -> str | None:
+def run_all(cfg: ExperimentConfig, force: bool = False, stop_after: str | None = None,
+            retry_failed: bool = False) -> str | None:
     storage.makedirs(cfg.root)
     storage.write_text(storage.join(cfg.root, "config.yaml"), dump_config(cfg))
     src = None
-    if not (stage_done(cfg, "plan") and stage_done(cfg, "ingest")) or force:
+    if not (stage_done(cfg, "plan") and stage_done(cfg, "ingest")) or force or retry_failed:
         src = source(cfg)
     plan(cfg, force, src)
-    ingest(cfg, force, src)
+    ingest(cfg, force, src, retry_failed=retry_failed)
     if stop_after == "ingest":
         return None
     pretrain(cfg, force)

@@ -16,8 +16,12 @@ a task, a region, a method or a seed; a trial that used up its retries) run in a
 experiment ``runs/grid-<digest>``. Afterwards all cell results are gathered into
 ``results/results.parquet``.
 
-A stored result is tied to the checkpoint it was computed with (``encoder_sha256``): when a
-set's encoder is exported again, its cells are recomputed rather than reused.
+A stored result records its lineage (:func:`cell_record`: the encoder's digest, the task's
+digest, the method and the evaluation fields it depends on); before a grid runs, results whose
+lineage differs from what the config and the stored encoders and tasks give now are removed and
+recomputed (a re-exported encoder, a re-ingested task, a changed ``evaluation.knn_k``), and the
+driver says which and why. The expected records go to ``runs/cells/_expected.json`` for the
+trials, so a restored Tune experiment checks stored results against today's inputs too.
 
 Test-only knob: ``PW_RAY_CELL_SLEEP_S`` (seconds) makes every trial sleep after recording its
 start, so tests can interrupt a grid while trials are running.
@@ -36,7 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pw_ray import storage
+from pw_ray import lineage, storage
 from pw_ray.config import ExperimentConfig
 from pw_ray.evaluate import tasks as T
 
@@ -195,21 +199,66 @@ def _finetune_cell(root: str, cell: dict, table: pd.DataFrame, eval_cfg: dict):
     return pred, yte
 
 
+#: Evaluation fields a method's result depends on (besides the encoder and the task).
+METHOD_FIELDS = {"knn": ("knn_k",), "linear": (), "finetune": ("finetune_epochs", "layer_decay")}
+#: Fields every cell depends on (``pooling``: how embeddings are formed, when the config has it).
+CELL_FIELDS = ("min_subset", "train_fraction", "pooling")
+
+
+def cell_record(cell: dict, eval_cfg: dict, encoder_sha256: str, task_digest: str) -> dict:
+    """The lineage of one cell's result."""
+    fields = CELL_FIELDS + METHOD_FIELDS.get(cell["method"], ())
+    return lineage.record({"encoder_sha256": encoder_sha256, "task": task_digest, "method": cell["method"],
+                           "evaluation": {k: eval_cfg.get(k) for k in fields if k in eval_cfg}})
+
+
+def expected_records(root: str, cells: list[dict], eval_cfg: dict) -> dict[str, dict]:
+    """``{cell_id: cell_record}`` from the stored encoders and tasks (each read once)."""
+    from pw_ray.evaluate.embeddings import encoder_digest
+
+    encoders = {s: encoder_digest(root, s) for s in sorted({c["pretrain_set"] for c in cells})}
+    tasks = {t: T.task_digest(root, t) for t in sorted({c["task"] for c in cells})}
+    return {cell_id(c): cell_record(c, eval_cfg, encoders[c["pretrain_set"]], tasks[c["task"]]) for c in cells}
+
+
+def expected_uri(root: str) -> str:
+    return storage.join(root, "runs", "cells", "_expected.json")
+
+
+_EXPECTED: dict[str, tuple[str, dict]] = {}
+
+
+def _expected_for(root: str, cid: str) -> dict | None:
+    """The record the driver expects for a cell (read once per process and file version)."""
+    uri = expected_uri(root)
+    if not storage.exists(uri):
+        return None
+    text = storage.read_text(uri)
+    if _EXPECTED.get(root, ("",))[0] != text:
+        _EXPECTED[root] = (text, json.loads(text))
+    return _EXPECTED[root][1].get(cid)
+
+
 def run_cell_trial(config: dict) -> None:
-    """The Tune trainable: skip finished cells, else evaluate and store before reporting."""
+    """The Tune trainable: reuse a stored result whose lineage is today's, else evaluate and
+    store the result (with its lineage) before reporting."""
     from ray import tune
 
     root, cell = config["root"], config["cell"]
     uri = cell_uri(root, cell)
+    expected = _expected_for(root, cell_id(cell))
     if storage.exists(uri):
         row = json.loads(storage.read_text(uri))
-        tune.report({"score": _finite(row["score"]), "reused": True})
-        return
+        if expected is None or lineage.why_redo(row.get("lineage"), expected) is None:
+            tune.report({"score": _finite(row["score"]), "reused": True})
+            return
     storage.write_text(storage.join(starts_uri(root, cell), uuid.uuid4().hex), str(os.getpid()))
     sleep_s = float(os.environ.get(SLEEP_ENV, "0") or 0)
     if sleep_s > 0:
         time.sleep(sleep_s)
     row = evaluate_cell(root, cell, config["eval"])
+    if expected is not None:
+        row["lineage"] = expected
     storage.write_text(uri, json.dumps(row, default=_json_default))
     tune.report({"score": _finite(row["score"]), "reused": False})
 
@@ -238,30 +287,24 @@ def _resources(eval_cfg: dict):
     return fn
 
 
-def drop_stale_results(root: str, cells: list[dict]) -> list[str]:
-    """Remove stored results computed with another checkpoint than the set's current export.
-
-    Returns the ids of the dropped cells (they run again). Results without a digest (skipped
-    cells, results written before digests existed) are kept.
-    """
-    from pw_ray.evaluate.embeddings import encoder_digest
-
-    digests: dict[str, str] = {}
-    dropped = []
+def drop_stale_results(root: str, cells: list[dict], eval_cfg: dict | None = None,
+                       expected: dict[str, dict] | None = None) -> list[str]:
+    """Remove stored results whose lineage differs from today's (see :func:`cell_record`), or
+    that recorded none (written by an older pw-ray). Returns the ids of the dropped cells (they
+    run again) and logs how many for each reason."""
+    expected = expected if expected is not None else expected_records(root, cells, eval_cfg or {})
+    dropped, why = [], {}
     for c in cells:
         uri = cell_uri(root, c)
         if not storage.exists(uri):
             continue
-        have = json.loads(storage.read_text(uri)).get("encoder_sha256")
-        s = c["pretrain_set"]
-        if s not in digests:
-            digests[s] = encoder_digest(root, s)
-        if have and have != digests[s]:
+        reason = lineage.why_redo(json.loads(storage.read_text(uri)).get("lineage"), expected[cell_id(c)])
+        if reason:
             storage.remove(uri)
             dropped.append(cell_id(c))
-    if dropped:
-        log.info("evaluate: %d cell results were computed with an older checkpoint and run again (first: %s)",
-                 len(dropped), dropped[0])
+            why[reason] = why.get(reason, 0) + 1
+    for reason, n in sorted(why.items(), key=lambda kv: -kv[1]):
+        log.info("evaluate: %d stored cell results are stale (%s) and run again", n, reason)
     return dropped
 
 
@@ -293,7 +336,9 @@ def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> dict:
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # see RAY_NOTES: lose at most 1 s of state
     keep_credentials_out_of_tune()  # else Tune puts the driver's AWS keys into every trial's runtime env
-    drop_stale_results(cfg.root, cells)
+    expected = expected_records(cfg.root, cells, cfg.evaluation.model_dump())
+    drop_stale_results(cfg.root, cells, expected=expected)
+    storage.write_text(expected_uri(cfg.root), json.dumps(expected, sort_keys=True))
     todo = [c for c in cells if not storage.exists(cell_uri(cfg.root, c))]
     info = {"cells": len(cells), "finished_before": len(cells) - len(todo), "restored": False, "follow_up": None}
     if not todo:

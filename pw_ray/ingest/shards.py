@@ -253,6 +253,19 @@ def adopt_legacy_layout(root: str, set_name: str) -> int:
     return moved
 
 
+def wds_files(root: str, set_name: str) -> list[str]:
+    """All complete WebDataset tars of a set, sorted."""
+    return [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True, suffix=".tar")
+            if TMP_MARK not in u.rsplit("/", 1)[-1]]
+
+
+def chunk_of(uri: str) -> tuple[str, int]:
+    """(region, chunk) of a shard file, from its name ``<set>-<region>-<chunk>.<ext>``."""
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    head, chunk = stem.rsplit("-", 1)
+    return head.rsplit("-", 1)[1], int(chunk)
+
+
 def remove_partial(root: str, set_name: str) -> int:
     """Delete temp files left by writes that were killed mid-way (a rerun's first step).
 
@@ -279,7 +292,8 @@ def read_set(root: str, set_name: str, columns: list[str] | None = None) -> pa.T
 # --------------------------------------------------------------------------- unreadable shards
 #: How to repair a shard that cannot be read. The stage marker of a finished ingest makes a plain
 #: rerun skip the stage, hence ``--force``; the ingest then writes the chunks whose files are missing.
-SHARD_REPAIR = "delete it and rerun `pw-ray ingest --force` (it writes the missing chunk again)"
+SHARD_REPAIR = ("delete it and rerun `pw-ray ingest` (it writes that chunk again and reuses the others; "
+                "`--force` would redo the whole stage)")
 
 
 class CorruptShardError(storage.CorruptFileError):
