@@ -83,8 +83,12 @@ def _is_missing(v) -> bool:
 
 def category_entropy(values: Iterable) -> float:
     """Shannon entropy (nats) of the category shares in ``values``; None / NaN are skipped."""
-    counts = Counter(v for v in values if not _is_missing(v))
-    return shannon_entropy(list(counts.values()))
+    return _counter_entropy(Counter(v for v in values if not _is_missing(v)))
+
+
+def _counter_entropy(counts: Counter) -> float:
+    # Sorted counts: the same value however the counts were gathered (merge order, batches).
+    return shannon_entropy(sorted(counts.values()))
 
 
 # --------------------------------------------------------------------------- variant "hist"
@@ -297,9 +301,9 @@ class DiversityAccumulator:
         n = self.n_chips
         return {
             "n_chips": n,
-            "continent_entropy": shannon_entropy(list(self.regions.values())),
-            "biome_entropy": shannon_entropy(list(self.biomes.values())),
-            "landcover_entropy": shannon_entropy(list(self.landcovers.values())),
+            "continent_entropy": _counter_entropy(self.regions),
+            "biome_entropy": _counter_entropy(self.biomes),
+            "landcover_entropy": _counter_entropy(self.landcovers),
             "spectral_entropy_hist": self._hist_sum / n if n else nan,
             "spectral_entropy_codebook": self._codebook_sum / n if n and self.codebook is not None else nan,
         }
