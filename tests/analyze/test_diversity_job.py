@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -51,9 +50,9 @@ def serial(root, name, codebook, bins=16) -> dict:
 
 def test_ray_data_diversity_equals_the_serial_accumulator(ray_session, tmp_path):
     files = write_shards(tmp_path)
-    # Batches of 16 over files of 19-37 chips in row groups of 8: batches straddle files and sets.
+    # Reads of 12 chips over files of 19-37 chips in row groups of 8: slices straddle row groups.
     div, codebook = J.diversity_table({**files, "empty": []}, bins=16, clusters=6, codebook_chips=20,
-                                      codebook_pixels=16, seed=3, batch_size=16)
+                                      codebook_pixels=16, seed=3, chips_per_read=12)
     assert codebook.shape == (6, SHAPE[0])
     assert div["pretrain_set"].tolist() == ["alpha", "beta", "empty"]
     empty = div.iloc[2]  # a set without shards: no chips, NaN measures
@@ -68,22 +67,17 @@ def test_ray_data_diversity_equals_the_serial_accumulator(ray_session, tmp_path)
     assert div.loc[0, "continent_entropy"] > 0 and div.loc[0, "spectral_entropy_codebook"] > 0
 
 
-def test_batch_states_of_a_batch_straddling_two_sets_merge_to_each_sets_pass(tmp_path):
+def test_shard_states_reduce_each_file_to_its_sets_state(tmp_path):
     files = write_shards(tmp_path, {"alpha": [("eu", 9)], "beta": [("sa", 7)]})
-    tables = [pq.read_table(files[n][0]) for n in ("alpha", "beta")]
-    batch = pa.concat_tables([t.select(J.COLUMNS) for t in tables])
-    codebook = D.fit_codebook(D.sample_pixels(S.read_pixels(tables[0]), 16), 4)
-    states = J.batch_states(batch, SHAPE, 16, codebook, ["alpha", "beta"]).to_pylist()
-    assert [s["set"] for s in states] == ["alpha", "beta"]
-    for s in states:
-        merged = D.DiversityAccumulator(16, codebook).merge_state(json.loads(s["state"])).result()
-        assert merged == serial(tmp_path, s["set"], codebook)
-
-
-def test_batch_states_rejects_rows_of_an_unknown_set(tmp_path):
-    files = write_shards(tmp_path, {"alpha": [("eu", 3)]})
-    with pytest.raises(ValueError, match="'alpha'"):
-        J.batch_states(pq.read_table(files["alpha"][0]).select(J.COLUMNS), SHAPE, 16, None, ["beta"])
+    codebook = D.fit_codebook(D.sample_pixels(S.read_pixels(pq.read_table(files["alpha"][0])), 16), 4)
+    out = J.shard_states({"set": ["alpha", "beta"], "file": [files["alpha"][0], files["beta"][0]]}, 16, codebook,
+                         chips_per_read=4)
+    assert out["set"] == ["alpha", "beta"]
+    for name, state in zip(out["set"], out["state"]):
+        merged = D.DiversityAccumulator(16, codebook).merge_state(json.loads(state)).result()
+        expected = serial(tmp_path, name, codebook)
+        assert merged["n_chips"] == expected["n_chips"] and merged["landcover_entropy"] == expected["landcover_entropy"]
+        assert merged["spectral_entropy_codebook"] == pytest.approx(expected["spectral_entropy_codebook"], rel=1e-12)
 
 
 def test_codebook_sample_is_seeded_and_sized_by_its_arguments(tmp_path):

@@ -62,7 +62,7 @@ def test_report_without_tasks_shows_diversity_and_says_there_are_no_downstream_r
 
 def _skipped_results() -> pd.DataFrame:
     rows = [dict(pretrain_set=s, task="lc", task_type="classification", task_region=r, method="knn", seed=0,
-                 status="skipped", reason=f"subset has 8 chips, fewer than evaluation.min_subset=10")
+                 status="skipped", reason="subset has 8 chips, fewer than evaluation.min_subset=10")
             for s in ("eu", "af") for r in ("global", "eu")]
     return pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS)
 
