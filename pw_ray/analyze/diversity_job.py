@@ -5,8 +5,8 @@ Two passes, nothing per chip on the driver:
 1. **Codebook.** One Ray task per set draws a seeded, bounded sample of the set's chips
    (:func:`sample_codebook_pixels`: at most ``max_files`` shard files chosen at random, then
    ``chips`` chips among their rows, read row group by row group, then ``pixels_per_chip``
-   pixels of each). The driver pools the samples of all sets (a few thousand spectra per set)
-   and fits the shared k-means codebook on them.
+   pixels of each). The driver pools the samples of all sets (256 × 64 = 16 384 spectra per
+   set by default) and fits the shared k-means codebook on them.
 2. **Measures.** One Ray Data pipeline over all the sets' shard files, one row per file:
    ``map_batches`` tasks on the cluster read their file slice by slice and reduce it to a
    :class:`DiversityAccumulator` state (:func:`shard_states`: category counts, sums of per-chip
@@ -14,9 +14,9 @@ Two passes, nothing per chip on the driver:
    equals one serial pass (to float rounding of the sums).
 
    Why not ``read_parquet`` followed by ``map_batches``: in Ray 2.60 the Parquet read is not
-   fused with the map, so every chip's pixels went through the object store between two tasks;
-   measured side by side (1024 chips of 10×96×96, 2 cores) that cost 2.1–2.8 CPU seconds
-   against 1.2 for reading inside the task, and 3× the wall time.
+   fused with the map, so every chip's pixels go through the object store between two tasks;
+   ``bench/analyze.py`` measures both side by side (docs/benchmarks.md: fewer chips per CPU
+   second and 2–3× the wall time for that design).
 
 The math lives in :mod:`pw_ray.analyze.diversity`; this module only reads and wires.
 """
