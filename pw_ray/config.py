@@ -201,6 +201,12 @@ class ChipSpec(_Strict):
         out = [B.canonical(b) for b in v]
         if B.SCL in out:
             raise ValueError("SCL is read for masks, not as a model band; remove it from chips.bands")
+        # B10 (cirrus) is a valid Sentinel-2 name but L2A products do not carry it: every chip
+        # would fail with MissingBandError. Only what ingest can read passes.
+        absent = [b for b in out if b not in B.SPECTRAL_BANDS]
+        if absent:
+            raise ValueError(f"{absent} not in Sentinel-2 L2A products (B10 is dropped at L2A); "
+                             f"allowed: {', '.join(B.SPECTRAL_BANDS)}")
         if len(set(out)) != len(out):
             raise ValueError(f"duplicate bands in {v}")
         return out
@@ -267,12 +273,25 @@ class TaskSpec(_Strict):
 
 class EvalSpec(_Strict):
     methods: list[Literal["knn", "linear", "finetune"]] = Field(default_factory=lambda: ["knn", "linear"])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description=(
+        "evaluation seeds: fine-tuning's head init, data order and dropout; with train_fraction < 1 "
+        "also the training subsample of every method. kNN and the linear probe on the whole "
+        "training split do not depend on a seed and run at the first seed only"))
     task_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
     knn_k: int = Field(10, gt=0)
     min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
     include_zero: bool = True
     finetune_epochs: int = Field(2, gt=0)
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="fine-tuning's layer-wise lr decay (MAE/SatMAE: 0.75): transformer "
+                                      "block i of L trains at lr·decay^(L−i), the patch embedding at "
+                                      "lr·decay^(L+1), the head at lr; unset: one lr for all")
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of each subset's training split that kNN, the linear probe and "
+                                     "fine-tuning learn from: a draw per evaluation seed, stratified by "
+                                     "label for classification (few-shot probing). 1: the whole split, so "
+                                     "kNN and the linear probe are deterministic and run once, at the "
+                                     "first seed; only fine-tuning runs per seed")
     cache_embeddings: bool = Field(True, description="kNN/linear read embeddings cached per (checkpoint, task); "
                                                      "false recomputes them in every cell (benchmarks only)")
     cpus_per_trial: float = Field(1, gt=0)
@@ -341,7 +360,7 @@ class ExperimentConfig(_Strict):
 def scoring_warnings(cfg: ExperimentConfig) -> list[str]:
     """What the config alone says about cells that cannot be scored (empty when nothing is known).
 
-    A static check: with no tasks, or no methods, seeds or task regions, the evaluation grid has
+    A static check: with no tasks, or no methods or task regions, the evaluation grid has
     no cells; a synthetic task planned with fewer points than ``evaluation.min_subset`` cannot
     fill even its global subset. How many chips each task-region subset really holds is known
     only after ingest (points are skipped for clouds and no-data): ``evaluate`` reports the
@@ -350,7 +369,7 @@ def scoring_warnings(cfg: ExperimentConfig) -> list[str]:
     ev = cfg.evaluation
     nothing = ("so no cell can be scored: analyze and report will give the diversity measures only, "
                "without downstream results or correlations")
-    empty = [f for f in ("methods", "seeds", "task_regions") if not getattr(ev, f)]
+    empty = [f for f in ("methods", "task_regions") if not getattr(ev, f)]
     if not cfg.tasks:
         return [f"no tasks: the evaluation grid has no cells, {nothing} (add tasks: to compare the sets "
                 "downstream)"]

@@ -153,8 +153,8 @@ def no_scores_reason(results: pd.DataFrame | None) -> str:
     if results is None:
         return "results/results.parquet does not exist: run `pw-ray evaluate`"
     if len(results) == 0:
-        return ("the evaluation grid has no cells: the config has no tasks (or no evaluation.methods, "
-                "seeds or task_regions)")
+        return ("the evaluation grid has no cells: the config has no tasks (or no evaluation.methods "
+                "or task_regions)")
     status = results["status"] if "status" in results.columns else pd.Series(["ok"] * len(results))
     if (status == "ok").any():
         return ""
