@@ -190,6 +190,9 @@ class ChipSpec(_Strict):
     min_spacing_m: float = Field(0.0, ge=0, description="minimum great-circle distance between the planned points "
                                                         "of a set (no duplicate locations); e.g. size_px × "
                                                         "resolution_m × √2 keeps chips from overlapping")
+    max_failed_fraction: float = Field(
+        0.05, ge=0, le=1, description="largest share of a set's chips that may fail (errors, not cloud or no-data "
+                                      "skips) before the ingest exits non-zero and is not marked done")
     ingest_parallelism: int | None = Field(
         None, gt=0, description="ingest tasks in flight at once; unset: max(cluster CPUs now, work units "
                                 "capped at 64), so a cluster that starts with no worker CPUs still sees "
@@ -201,6 +204,12 @@ class ChipSpec(_Strict):
         out = [B.canonical(b) for b in v]
         if B.SCL in out:
             raise ValueError("SCL is read for masks, not as a model band; remove it from chips.bands")
+        # B10 (cirrus) is a valid Sentinel-2 name but L2A products do not carry it: every chip
+        # would fail with MissingBandError. Only what ingest can read passes.
+        absent = [b for b in out if b not in B.SPECTRAL_BANDS]
+        if absent:
+            raise ValueError(f"{absent} not in Sentinel-2 L2A products (B10 is dropped at L2A); "
+                             f"allowed: {', '.join(B.SPECTRAL_BANDS)}")
         if len(set(out)) != len(out):
             raise ValueError(f"duplicate bands in {v}")
         return out
@@ -258,26 +267,50 @@ class TaskSpec(_Strict):
                                                           "images, stratified by split and label; all when unset")
     seed: int = 0
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    task_type: Literal["classification", "regression"] | None = Field(
+        None, description="what the labels are; unset: regression for synthetic-population, classification "
+                          "otherwise (a points file with numeric targets needs task_type: regression)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_type(cls, data):
+        if isinstance(data, dict) and data.get("task_type") is None:
+            data = {**data, "task_type": "regression" if data.get("kind") == "synthetic-population"
+                    else "classification"}
+        return data
 
     @model_validator(mode="after")
     def _path(self):
         if self.kind in ("points", "fmow", "geobench") and not self.path:
             raise ValueError(f"tasks kind {self.kind!r} needs a path (labelled points file or dataset folder)")
+        fixed = {"synthetic-population": "regression", "synthetic-landcover": "classification",
+                 "fmow": "classification", "geobench": "classification"}.get(self.kind)
+        if fixed and self.task_type != fixed:
+            raise ValueError(f"tasks kind {self.kind!r} is a {fixed} task; task_type {self.task_type!r} does not apply")
         return self
-
-    @property
-    def task_type(self) -> str:
-        return "regression" if self.kind == "synthetic-population" else "classification"
 
 
 class EvalSpec(_Strict):
     methods: list[Literal["knn", "linear", "finetune"]] = Field(default_factory=lambda: ["knn", "linear"])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description=(
+        "evaluation seeds: fine-tuning's head init, data order and dropout; with train_fraction < 1 "
+        "also the training subsample of every method. kNN and the linear probe on the whole "
+        "training split do not depend on a seed and run at the first seed only"))
     task_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
     knn_k: int = Field(10, gt=0)
     min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
     include_zero: bool = True
     finetune_epochs: int = Field(2, gt=0)
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="fine-tuning's layer-wise lr decay (MAE/SatMAE: 0.75): transformer "
+                                      "block i of L trains at lr·decay^(L−i), the patch embedding at "
+                                      "lr·decay^(L+1), the head at lr; unset: one lr for all")
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of each subset's training split that kNN, the linear probe and "
+                                     "fine-tuning learn from: a draw per evaluation seed, stratified by "
+                                     "label for classification (few-shot probing). 1: the whole split, so "
+                                     "kNN and the linear probe are deterministic and run once, at the "
+                                     "first seed; only fine-tuning runs per seed")
     cache_embeddings: bool = Field(True, description="kNN/linear read embeddings cached per (checkpoint, task); "
                                                      "false recomputes them in every cell (benchmarks only)")
     cpus_per_trial: float = Field(1, gt=0)
@@ -294,6 +327,10 @@ class EvalSpec(_Strict):
 class AnalysisSpec(_Strict):
     spectral_bins: int = Field(16, gt=1)
     spectral_clusters: int = Field(32, gt=1)
+    codebook_chips: int = Field(256, gt=0, description="chips per pretraining set in the seeded sample the "
+                                                       "shared spectral codebook is fitted on")
+    codebook_pixels: int = Field(64, gt=0, description="pixels drawn from each sampled chip for the codebook")
+    seed: int = Field(0, description="seed of the codebook's chip and pixel sample and of its k-means fit")
     bootstrap: int = Field(1000, ge=0)
     external_sets: str | None = Field(
         None, description="CSV (path or URI) of sets pw-ray did not build: name, diversity values in nats, "
@@ -339,6 +376,33 @@ class ExperimentConfig(_Strict):
         raise KeyError(f"no pretraining set {name!r}; known: {[s.name for s in self.pretrain_sets]}")
 
 
+def scoring_warnings(cfg: ExperimentConfig) -> list[str]:
+    """What the config alone says about cells that cannot be scored (empty when nothing is known).
+
+    A static check: with no tasks, or no methods or task regions, the evaluation grid has
+    no cells; a synthetic task planned with fewer points than ``evaluation.min_subset`` cannot
+    fill even its global subset. How many chips each task-region subset really holds is known
+    only after ingest (points are skipped for clouds and no-data): ``evaluate`` reports the
+    cells it skips and why.
+    """
+    ev = cfg.evaluation
+    nothing = ("so no cell can be scored: analyze and report will give the diversity measures only, "
+               "without downstream results or correlations")
+    empty = [f for f in ("methods", "task_regions") if not getattr(ev, f)]
+    if not cfg.tasks:
+        return [f"no tasks: the evaluation grid has no cells, {nothing} (add tasks: to compare the sets "
+                "downstream)"]
+    if empty:
+        return [f"evaluation.{', '.join(empty)} empty: the evaluation grid has no cells, {nothing}"]
+    small = [t for t in cfg.tasks
+             if t.kind in ("synthetic-landcover", "synthetic-population") and t.size < ev.min_subset]
+    out = [f"tasks {t.name}: size {t.size} is below evaluation.min_subset={ev.min_subset}, so none of its "
+           "task-region subsets can be scored" for t in small]
+    if len(small) == len(cfg.tasks):
+        out.append(f"every task is smaller than evaluation.min_subset, {nothing}")
+    return out
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -379,8 +443,20 @@ def load_config(uri: str | Path, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"config {uri} must be a mapping at the top level")
     cfg = parse_config(data, overrides)
     if check_root:
-        storage.check_writable(cfg.root)
+        check_storage_root(cfg.root)
     return cfg
+
+
+def check_storage_root(root: str, write: bool = True) -> None:
+    """Check the storage root can hold the run's outputs, by writing a probe file (``write``) or,
+    writing nothing, that it is or can become a writable local folder; a :class:`ConfigError`
+    naming ``root`` if not."""
+    from pw_ray import storage
+
+    try:
+        storage.check_writable(root) if write else storage.check_creatable(root)
+    except storage.RootNotWritable as err:
+        raise ConfigError(f"invalid config:\n  root: {err}") from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -85,3 +85,50 @@ def test_chip_size_must_be_multiple_of_patch():
 def test_api_source_requires_url():
     with pytest.raises(ConfigError, match="stac.url is required"):
         parse_config(_with(stac={"kind": "api"}))
+
+
+def _without_tasks(**changes):
+    data = {k: v for k, v in TINY_CONFIG.items() if k != "tasks"}
+    return parse_config(dict(data, root="/tmp/x", **changes))
+
+
+def test_scoring_warnings_say_a_config_without_tasks_scores_nothing():
+    from pw_ray.config import scoring_warnings
+
+    (warning,) = scoring_warnings(_without_tasks())
+    assert warning.startswith("no tasks:") and "diversity measures only" in warning
+
+
+def test_scoring_warnings_name_empty_methods_and_tasks_below_min_subset():
+    from pw_ray.config import scoring_warnings
+
+    assert "evaluation.methods empty" in scoring_warnings(
+        parse_config(dict(TINY_CONFIG, root="/tmp/x", evaluation={"methods": []})))[0]
+    small = [{"name": "lc", "kind": "synthetic-landcover", "size": 8}]
+    warnings = scoring_warnings(_without_tasks(tasks=small, evaluation={"min_subset": 10}))
+    assert warnings[0].startswith("tasks lc: size 8 is below evaluation.min_subset=10")
+    assert "no cell can be scored" in warnings[1]
+    assert scoring_warnings(parse_config(dict(TINY_CONFIG, root="/tmp/x"))) == []
+
+
+def test_bands_l2a_lacks_are_refused_with_the_allowed_list():
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with(chips={"bands": ["B02", "B03", "B10", "B11"]}))
+    msg = str(e.value)
+    assert "chips.bands" in msg and "'B10'" in msg
+    assert "allowed: B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12" in msg
+
+
+def test_layer_decay_is_an_evaluation_option():
+    assert parse_config(_with()).evaluation.layer_decay is None
+    assert parse_config(_with(evaluation={"layer_decay": 0.75})).evaluation.layer_decay == 0.75
+    with pytest.raises(ConfigError, match=r"evaluation\.layer_decay: Input should be less than or equal to 1"):
+        parse_config(_with(evaluation={"layer_decay": 1.5}))
+
+
+def test_train_fraction_and_seeds_are_checked():
+    assert parse_config(_with()).evaluation.train_fraction == 1.0
+    with pytest.raises(ConfigError, match=r"evaluation\.train_fraction"):
+        parse_config(_with(evaluation={"train_fraction": 0}))
+    with pytest.raises(ConfigError, match=r"evaluation\.seeds"):
+        parse_config(_with(evaluation={"seeds": []}))

@@ -36,10 +36,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pw_ray import storage
-from pw_ray.ingest.shards import column_pixels
+from pw_ray.ingest.shards import column_pixels, shard_footers
 
 #: Threads that read footers in :func:`read_catalog` (object stores answer many small reads at once).
 CATALOG_THREADS = 32
@@ -81,21 +82,16 @@ def shard_filesystem(uris: Sequence[str]):
     return fs, [storage.local_path(u) for u in uris]
 
 
-def read_catalog(uris: Sequence[str], threads: int = CATALOG_THREADS) -> ShardCatalog:
+def read_catalog(uris: Sequence[str], set_name: str = "", threads: int = CATALOG_THREADS) -> ShardCatalog:
     """Every file's row-group sizes and the chip shape, from the Parquet footers (read in parallel).
 
-    Raises ``FileNotFoundError`` for an empty list and ``ValueError`` naming the first file whose
+    Raises ``FileNotFoundError`` for an empty list, :class:`~pw_ray.ingest.shards.CorruptShardError`
+    naming an unreadable file of set ``set_name``, and ``ValueError`` naming the first file whose
     ``pw_ray.shape`` differs from the first file's.
     """
     if not uris:
-        raise FileNotFoundError("no shard files to read")
-    fs, paths = shard_filesystem(uris)
-
-    def footer(path: str):
-        return pq.read_metadata(path, filesystem=fs)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
-        metas = list(pool.map(footer, paths))
+        raise FileNotFoundError(f"no shard files to read for set {set_name!r}")
+    metas = shard_footers(list(uris), set_name, threads=threads)
     shapes = [json.loads((m.metadata or {}).get(b"pw_ray.shape", b"null")) for m in metas]
     if shapes[0] is None:
         raise ValueError(f"shard {uris[0]} has no pw_ray.shape in its schema metadata: not a chip shard")
@@ -178,9 +174,14 @@ def window_order(n: int, shuffle_chips: int, seed: int, epoch: int, rank: int, w
 
 
 def read_piece(fs, path: str, piece: Piece, shape: Sequence[int]) -> np.ndarray:
-    """One piece's chips, ``(n, C, H, W)`` uint16: a view of the decoded row group, no copy."""
-    with fs.open_input_file(path) as f:
-        table = pq.ParquetFile(f).read_row_group(piece.row_group, columns=["pixels"])
+    """One piece's chips, ``(n, C, H, W)`` uint16: a view of the decoded row group, no copy.
+
+    A file that cannot be parsed raises :class:`~pw_ray.storage.CorruptFileError` naming it."""
+    try:
+        with fs.open_input_file(path) as f:
+            table = pq.ParquetFile(f).read_row_group(piece.row_group, columns=["pixels"])
+    except pa.ArrowInvalid as err:
+        raise storage.corrupt(path, err) from err
     return column_pixels(table.column("pixels"), shape)[piece.start:piece.stop]
 
 

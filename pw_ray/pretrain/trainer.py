@@ -61,6 +61,15 @@ def tensorboard_dir(root: str, set_name: str) -> str:
     return storage.join(run_dir(root, set_name), TB_DIR)
 
 
+def load_state(path: str, map_location="cpu") -> dict:
+    """A checkpoint's ``state.pt``: model and optimizer state dicts, step, epoch, batches done in the
+    epoch and the loop config, all tensors and plain values. ``weights_only=True``: unpickling runs
+    no code from the file (a checkpoint on shared storage is input like any other)."""
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def _pixels_to_numpy(batch, shape):
     """Ray Data batch (pyarrow) → {"pixels": (N, C, H, W) uint16}."""
     from pw_ray.ingest.shards import column_pixels
@@ -110,7 +119,7 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=False)
+            state = load_state(os.path.join(d, STATE_FILE), map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
@@ -290,7 +299,7 @@ def shard_catalog(cfg: ExperimentConfig, set_name: str) -> ShardCatalog:
     files = S.shard_files(cfg.root, set_name)
     if not files:
         raise FileNotFoundError(f"pretrain {set_name}: no shards under {cfg.root}/shards/{set_name}; run ingest first")
-    return read_catalog(files)
+    return read_catalog(files, set_name)  # an unreadable shard fails here, named, not in a worker
 
 
 def pixel_dataset(catalog: ShardCatalog):
@@ -354,6 +363,8 @@ def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_pe
     normalization = set_normalization(cfg, set_name, catalog)
     lc = loop_config(cfg, set_name, catalog, normalization)
     t = cfg.train
+    # On an object store Ray gets pw-ray's filesystem (endpoint, region), not one it makes from the URI.
+    storage_path, storage_fs = storage.ray_storage(storage.join(cfg.root, "runs", "pretrain"))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=lc,
@@ -362,7 +373,7 @@ def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_pe
             resources_per_worker={"CPU": t.cpus_per_worker, **t.resources_per_worker}),
         run_config=ray.train.RunConfig(
             name=set_name,  # a fixed name: a new fit() finds the run dir and resumes
-            storage_path=storage.resolve(storage.join(cfg.root, "runs", "pretrain")),
+            storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         ),
@@ -411,7 +422,7 @@ def export_from_checkpoint(cfg: ExperimentConfig, set_name: str, checkpoint, nor
     if checkpoint is None:
         raise RuntimeError(f"pretrain {set_name}: the run finished without a checkpoint to export")
     with checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        state = load_state(os.path.join(d, STATE_FILE))
     model = _build_model(state["config"])
     model.load_state_dict(state["model"])
     _export(cfg, set_name, model, state["step"], normalization)

@@ -21,6 +21,7 @@ ROW_GROUP = 4
 
 
 def _write(root, file_chips=FILE_CHIPS, shape=SHAPE) -> list[str]:
+    """Shards of ``file_chips`` chips each under ``root`` (a path or a URI); chip i holds the value i."""
     first = 0
     for chunk, n in enumerate(file_chips):
         ids = np.arange(first, first + n)
@@ -150,6 +151,21 @@ def test_a_missing_shard_fails_the_iteration_naming_it(tmp_path):
     Path(uris[1]).unlink()
     with pytest.raises(FileNotFoundError, match="ld-eu-00001"):
         list(L.ChipStream(cat, batch_size=4, seed=0, epoch=0))
+
+
+def test_a_truncated_shard_fails_the_catalog_naming_it_and_its_set(tmp_path):
+    uris = _write(tmp_path, (8, 8))
+    data = Path(uris[0]).read_bytes()
+    Path(uris[0]).write_bytes(data[: len(data) // 2])
+    with pytest.raises(S.CorruptShardError, match="ld-eu-00000.*set 'ld'"):
+        L.read_catalog(uris, SET)
+
+
+def test_the_stream_reads_shards_on_an_object_store(s3_root):
+    cat = L.read_catalog(_write(s3_root, (10, 7)), SET)
+    assert cat.uris[0].startswith("s3://") and cat.row_groups == ((4, 4, 2), (4, 3))
+    chips = sum((_ids(b) for b in L.ChipStream(cat, batch_size=1, seed=3, epoch=1)), [])
+    assert sorted(chips) == list(range(17))
 
 
 def test_data_wait_warning_comes_once_per_episode_after_patience_windows():
