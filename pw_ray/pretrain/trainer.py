@@ -271,11 +271,11 @@ def total_steps(cfg: ExperimentConfig, n_chips: int) -> int:
     return min(spe * t.epochs, t.max_steps) if t.max_steps else spe * t.epochs
 
 
-def loop_config(cfg: ExperimentConfig, set_name: str, catalog: ShardCatalog, normalization: dict) -> dict:
+def loop_config(cfg: ExperimentConfig, set_name: str, n_chips: int, normalization: dict,
+                catalog: ShardCatalog | None = None) -> dict:
     """Everything a worker needs, as plain values (it is pickled to every worker and saved in
-    checkpoints, all but the shard catalog ``shards``)."""
+    checkpoints, all but the shard catalog ``shards`` the workers read from)."""
     t, m = cfg.train, cfg.model
-    n_chips = catalog.n_chips
     spe = steps_per_epoch(n_chips, t.batch_size, t.num_workers, t.accum_steps)
     total = total_steps(cfg, n_chips)
     return dict(
@@ -287,7 +287,7 @@ def loop_config(cfg: ExperimentConfig, set_name: str, catalog: ShardCatalog, nor
         log_every=t.log_every, report_interval_s=REPORT_INTERVAL_S,
         seed=cfg.pretrain_set(set_name).seed if set_name != ZERO else 0,
         shuffle_buffer=min(t.shuffle_buffer, n_chips // 4), compile=t.compile,
-        loader_threads=t.loader_threads, prefetch_batches=t.prefetch_batches, shards=catalog.to_dict(),
+        loader_threads=t.loader_threads, prefetch_batches=t.prefetch_batches, shards=catalog.to_dict() if catalog else None,
         mean=list(normalization["mean"]), std=list(normalization["std"]),
         tensorboard_uri=storage.resolve(tensorboard_dir(cfg.root, set_name)),
     )
@@ -361,7 +361,7 @@ def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_pe
 
     catalog = catalog or shard_catalog(cfg, set_name)
     normalization = set_normalization(cfg, set_name, catalog)
-    lc = loop_config(cfg, set_name, catalog, normalization)
+    lc = loop_config(cfg, set_name, catalog.n_chips, normalization, catalog)
     t = cfg.train
     # On an object store Ray gets pw-ray's filesystem (endpoint, region), not one it makes from the URI.
     storage_path, storage_fs = storage.ray_storage(storage.join(cfg.root, "runs", "pretrain"))

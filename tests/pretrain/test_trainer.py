@@ -265,7 +265,7 @@ def test_a_resumed_run_continues_at_exactly_the_batch_after_its_checkpoint(shard
 
     cfg = parse_config(_config(root))
     catalog = T.shard_catalog(cfg, SET)
-    lc = T.loop_config(cfg, SET, catalog, {"mean": [0.0], "std": [1.0]})
+    lc = T.loop_config(cfg, SET, catalog.n_chips, {"mean": [0.0], "std": [1.0]}, catalog)
     trained = []
     for rank in range(2):
         rows = [json.loads(line) for line in (record / f"rank{rank}.jsonl").read_text().splitlines()]
