@@ -44,7 +44,8 @@ ASSUMPTIONS = {
                               "145 MB)"),
     "scl_bytes_per_px": (0.2, "0.2 compressed bytes per pixel of the SCL class raster"),
     "parquet_ratio": (0.7, "zstd Parquet holds 0.7 of the raw uint16 pixels of a real Sentinel-2 chip"),
-    "json_bytes": (512, "a chip's .json metadata fits one 512-byte tar block"),
+    "json_bytes": (1024, "a chip's .json (ids, place, scene, cloud and land-cover fractions, band names) fills "
+                         "two 512-byte tar blocks"),
 }
 
 

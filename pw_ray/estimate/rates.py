@@ -160,7 +160,9 @@ def resolve_rates(cfg, calibration: Calibration) -> Rates:
     peak = Rate(None if est.gpu_peak_tflops is None else est.gpu_peak_tflops * 1e12,
                 "config estimate.gpu_peak_tflops" if est.gpu_peak_tflops is not None
                 else "not set: estimate.gpu_peak_tflops (the GPU's dense bf16 peak)")
-    if peak.value is None and gpu and gpu[1].get("peak_flops"):
+    # Without a configured peak a measured samples/s of this very model is used as it is; only for
+    # another model does the bench's MFU apply, at the bench GPU's own peak.
+    if peak.value is None and samples is None and gpu and gpu[1].get("peak_flops"):
         peak = Rate(float(gpu[1]["peak_flops"]), f"calibration {gpu[0]} (peak of {gpu[1].get('device')})")
 
     ingest_rate = index_rate = parquet = None
