@@ -46,7 +46,8 @@ def wall_clock_lines(est: Estimate, cfg, fit) -> list[str]:
 
     spec = fit.cluster
     cpus = max_cpus(spec)
-    out = [f"wall clock at full scale on {spec.source} (no waiting for nodes, no failures)"]
+    out = [f"wall clock at full scale on {spec.source} (every node up, no failures; ingest also waits on the "
+           "network and the STAC API's limits, which the rate above may not include)"]
     for name in ("ingest", "analyze"):
         h = est.stage(name).value("cpu_hours")
         if h is not None and cpus:

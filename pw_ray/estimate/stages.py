@@ -97,22 +97,20 @@ def point_sets(cfg) -> list[PointSet]:
     from pw_ray.config import CONTINENTS
 
     everywhere = {c: 1 / len(CONTINENTS) for c in CONTINENTS}
-    out = [PointSet(s.name, "pretrain", s.size, f"pretrain_sets {s.name}: size", s.weights(), True)
+    out = [PointSet(s.name, "pretrain", s.size, "size", s.weights(), True)
            for s in cfg.pretrain_sets]
     for t in cfg.tasks:
         if t.kind in ("synthetic-landcover", "synthetic-population"):
-            out.append(PointSet(t.name, t.kind, t.size, f"tasks {t.name}: size", everywhere, True))
+            out.append(PointSet(t.name, t.kind, t.size, "size", everywhere, True))
         elif t.kind == "points":
             if not storage.is_remote(t.path) and storage.exists(t.path):
-                out.append(PointSet(t.name, t.kind, _count_rows(t.path), f"tasks {t.name}: rows of {t.path}",
-                                    everywhere, True))
+                out.append(PointSet(t.name, t.kind, _count_rows(t.path), f"rows of {t.path}", everywhere, True))
             else:
-                out.append(PointSet(t.name, t.kind, t.size, f"tasks {t.name}: size (its file {t.path} is not read "
-                                                            "here)", everywhere, True))
+                out.append(PointSet(t.name, t.kind, t.size, f"size: its file {t.path} is not read here",
+                                    everywhere, True))
         else:  # imported benchmark images: no search
             n = t.max_chips
-            src = (f"tasks {t.name}: max_chips (at most)" if n else
-                   f"tasks {t.name}: unknown (all images of {t.path}; set tasks[].max_chips)")
+            src = "max_chips, at most" if n else f"all images of {t.path}: unknown, set tasks[].max_chips"
             out.append(PointSet(t.name, t.kind, n, src, everywhere, False))
     return out
 
@@ -177,9 +175,11 @@ def _plan(sets: list[PointSet]) -> StageEstimate:
     st = StageEstimate("plan")
     pre = [s for s in sets if s.kind == "pretrain"]
     sizes = sorted({s.points for s in pre})
-    parts = [f"{len(pre)} pretraining sets × {sizes[0]:,}" if len(sizes) == 1 else
-             "pretraining sets " + " + ".join(f"{s.points:,}" for s in pre)]
-    parts += [f"{s.source} {s.points:,}" if s.points is not None else s.source for s in sets if s.kind != "pretrain"]
+    parts = [f"{len(pre)} pretraining sets × {sizes[0]:,} (pretrain_sets[].size)" if len(sizes) == 1 else
+             "pretraining sets " + " + ".join(f"{s.points:,}" for s in pre) + " (pretrain_sets[].size)"]
+    tasks = [f"{s.name} {'?' if s.points is None else f'{s.points:,}'} ({s.source})" for s in sets
+             if s.kind != "pretrain"]
+    parts += ["tasks: " + ", ".join(tasks)] if tasks else []
     st.figures["points"] = Figure(_sum(s.points for s in sets), "; ".join(parts))
     return st
 
