@@ -40,7 +40,8 @@ DOCUMENTED_MFU: Rate | None = None
 ASSUMED_MFU = Rate(0.3, "assumption: no GPU figure of bench/gpu_step.py is documented yet (docs/benchmarks.md); "
                         "set estimate.mfu or pass --calibration <gpu_step JSON>", "assumption")
 DOCUMENTED_INGEST = Rate(82.0, "docs/benchmarks.md, bench/ingest.py: 164 chips/s on 2 cores, S2-like layout, COGs "
-                               "on local disk (no network: a cloud run reads over HTTP and may be slower)", "docs/benchmarks.md")
+                               "on local disk (no network: a cloud run reads over HTTP and may be slower)",
+                         "docs/benchmarks.md")
 DOCUMENTED_INDEX = Rate(224.0, "docs/benchmarks.md, bench/ingest.py: index phase 448 chips/s on 2 cores (local "
                                "catalog, no HTTP latency)", "docs/benchmarks.md")
 DOCUMENTED_ANALYZE = Rate(621.0, "docs/benchmarks.md, bench/analyze.py: 621 chips per CPU second (Ray path)",

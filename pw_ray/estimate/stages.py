@@ -280,8 +280,8 @@ def _pretrain(cfg, chips_of, per_chip, costs, rates) -> StageEstimate:
     steps = {name: total_steps(cfg, n) for name, n in sets}
     samples = float(sum(steps[n] * batch for n, _ in sets))
     epochs = f"{t.epochs} epochs" + (f", at most train.max_steps {t.max_steps}" if t.max_steps else "")
-    st.figures["samples"] = Figure(samples, f"Σ over {len(sets)} sets of optimizer steps ({epochs}) × effective batch "
-                                            f"{batch} (batch_size × accum_steps × num_workers)")
+    st.figures["samples"] = Figure(samples, f"Σ over {len(sets)} sets of optimizer steps ({epochs}) × effective "
+                                            f"batch {batch} (batch_size × accum_steps × num_workers)")
     flops = samples * costs.train_flops
     st.figures["flops"] = Figure(flops, f"samples × {costs.train_flops / 1e9:,.2f} GFLOP per sample (forward + "
                                         f"backward of the {cfg.model.preset} model, counted by "
