@@ -127,7 +127,8 @@ def evaluate_cell(root: str, cell: dict, eval_cfg: dict) -> dict:
             ids, emb = EMB.read_embeddings(root, cell["pretrain_set"], cell["task"])
             row["encoder_sha256"] = EMB.cached_digest(root, cell["pretrain_set"], cell["task"]) or ""
         else:
-            ids, emb = EMB.embed_task(root, cell["pretrain_set"], cell["task"])
+            ids, emb = EMB.embed_task(root, cell["pretrain_set"], cell["task"],
+                                      pooling=eval_cfg.get("pooling", EMB.DEFAULT_POOLING))
             row["encoder_sha256"] = EMB.encoder_digest(root, cell["pretrain_set"])
         xtr, ytr = _split(table, ids, emb, "train")
         xva, yva = _split(table, ids, emb, "val")
@@ -140,6 +141,7 @@ def evaluate_cell(root: str, cell: dict, eval_cfg: dict) -> dict:
         pred, yte = _finetune_cell(root, cell, table, eval_cfg)
         row["encoder_sha256"] = EMB.encoder_digest(root, cell["pretrain_set"])
     row.update(M.metrics(yte, pred, task_type))
+    row["pooling"] = eval_cfg.get("pooling", EMB.DEFAULT_POOLING)
     row["wall_s"] = time.perf_counter() - t0
     return row
 
@@ -148,11 +150,11 @@ def _finetune_cell(root: str, cell: dict, table: pd.DataFrame, eval_cfg: dict):
     import torch
 
     from pw_ray.evaluate import methods as M
-    from pw_ray.evaluate.embeddings import normalised
+    from pw_ray.evaluate.embeddings import DEFAULT_POOLING, input_quantization, normalised
     from pw_ray.ingest import shards as S
     from pw_ray.pretrain.trainer import load_encoder
 
-    encoder, conf = load_encoder(root, cell["pretrain_set"])
+    encoder, conf = load_encoder(root, cell["pretrain_set"], eval_cfg.get("pooling", DEFAULT_POOLING))
     chips = S.read_set(root, cell["task"], columns=["chip_id", "pixels"])
     pos = {c: i for i, c in enumerate(chips.column("chip_id").to_pylist())}
     pixels = S.read_pixels(chips)
@@ -160,7 +162,8 @@ def _finetune_cell(root: str, cell: dict, table: pd.DataFrame, eval_cfg: dict):
 
     def part(name):
         p = table[table["split"] == name]
-        return normalised(pixels[[pos[c] for c in p["chip_id"]]], *mean), p["label"].to_numpy()
+        return (normalised(pixels[[pos[c] for c in p["chip_id"]]], *mean, quantize=input_quantization(conf)),
+                p["label"].to_numpy())
 
     (xtr, ytr), (xva, yva), (xte, yte) = part("train"), part("val"), part("test")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -214,11 +217,13 @@ def _resources(eval_cfg: dict):
     return fn
 
 
-def drop_stale_results(root: str, cells: list[dict]) -> list[str]:
-    """Remove stored results computed with another checkpoint than the set's current export.
+def drop_stale_results(root: str, cells: list[dict], pooling: str | None = None) -> list[str]:
+    """Remove stored results computed with another checkpoint than the set's current export, or
+    (when ``pooling`` is given) with another ``evaluation.pooling``.
 
     Returns the ids of the dropped cells (they run again). Results without a digest (skipped
-    cells, results written before digests existed) are kept.
+    cells, results written before digests existed) are kept; scored results written before the
+    pooling option pooled ``norm_then_mean``.
     """
     from pw_ray.evaluate.embeddings import encoder_digest
 
@@ -228,11 +233,13 @@ def drop_stale_results(root: str, cells: list[dict]) -> list[str]:
         uri = cell_uri(root, c)
         if not storage.exists(uri):
             continue
-        have = json.loads(storage.read_text(uri)).get("encoder_sha256")
+        row = json.loads(storage.read_text(uri))
+        have = row.get("encoder_sha256")
         s = c["pretrain_set"]
         if s not in digests:
             digests[s] = encoder_digest(root, s)
-        if have and have != digests[s]:
+        other_pooling = pooling is not None and have and row.get("pooling", "norm_then_mean") != pooling
+        if (have and have != digests[s]) or other_pooling:
             storage.remove(uri)
             dropped.append(cell_id(c))
     if dropped:
@@ -264,7 +271,7 @@ def run_grid(cfg: ExperimentConfig, cells: list[dict]) -> dict:
     from ray import tune
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # see RAY_NOTES: lose at most 1 s of state
-    drop_stale_results(cfg.root, cells)
+    drop_stale_results(cfg.root, cells, cfg.evaluation.pooling)
     todo = [c for c in cells if not storage.exists(cell_uri(cfg.root, c))]
     info = {"cells": len(cells), "finished_before": len(cells) - len(todo), "restored": False, "follow_up": None}
     if not todo:
