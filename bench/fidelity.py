@@ -52,17 +52,18 @@ FMOW_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B0
 
 def synthetic_chips(n: int, size: int, seed: int) -> torch.Tensor:
     """(n, 10, size, size) uint16 reflectance ×1e4 from the synthetic archive's painter (no files)."""
-    from pw_ray import synthetic as SY
     from pw_ray.config import SyntheticArchive
+    from pw_ray.synthetic.pixels import baseline_offset, paint_scene
+    from pw_ray.synthetic.scenes import plan_scenes
 
     spec = SyntheticArchive(seed=seed, cloudy_fraction=0.0)
-    scenes = [s for s in SY._plan_scenes(spec) if not s.cloudy and not s.nodata_strip]
+    scenes = [s for s in plan_scenes(spec) if not s.cloudy and not s.nodata_strip]
     rng = np.random.default_rng(seed)
     chips = []
     for i in range(n):
         scene = scenes[i % len(scenes)]
-        arrays, _ = SY._paint_scene(scene, spec)
-        offset = 1000 if SY._baseline_offset(scene.baseline) else 0
+        arrays, _ = paint_scene(scene, spec)
+        offset = 1000 if baseline_offset(scene.baseline) else 0
         bands = []
         for band in B.SATMAE_BANDS:
             a = arrays[band].astype(np.int32) - offset

@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run every stage on the embedded synthetic archive",
                           description="Run the whole experiment on the embedded synthetic Sentinel-2 "
                                       "archive under one folder (its storage root). Rerun to resume.")
-    demo.add_argument("--out", default="pw-ray-demo", help="folder for everything (default: ./pw-ray-demo)")
+    # --root as well, like every other command; --out is the older spelling.
+    demo.add_argument("--root", "--out", dest="out", default="pw-ray-demo",
+                      help="storage root for everything: path, s3://, gs:// (default: ./pw-ray-demo)")
     demo.add_argument("--config", default=DEMO_CONFIG, help="config to use instead of the demo's")
     demo.add_argument("--force", action="store_true", help="rerun every stage")
     demo.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze": "diversity measures and their correlation with performance → results/",
         "report": "write report/index.html, report/README.md and figures",
         "run": "all stages in order (each skips what is done)",
-        "validate": "check a config and print it with defaults filled in",
+        "validate": "check a config and print it with defaults filled in (writes nothing)",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
@@ -62,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     elif getattr(args, "root", None):
         overrides["root"] = args.root
     try:
-        cfg = load_config(args.config, overrides)
+        if args.command == "validate":  # validation writes nothing: no probe file, no root folder
+            from pw_ray.config import check_storage_root
+
+            cfg = load_config(args.config, overrides, check_root=False)
+            check_storage_root(cfg.root, write=False)
+        else:
+            cfg = load_config(args.config, overrides)
     except ConfigError as err:
         from pw_ray.runtime import failure_reason
 

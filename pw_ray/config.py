@@ -201,6 +201,12 @@ class ChipSpec(_Strict):
         out = [B.canonical(b) for b in v]
         if B.SCL in out:
             raise ValueError("SCL is read for masks, not as a model band; remove it from chips.bands")
+        # B10 (cirrus) is a valid Sentinel-2 name but L2A products do not carry it: every chip
+        # would fail with MissingBandError. Only what ingest can read passes.
+        absent = [b for b in out if b not in B.SPECTRAL_BANDS]
+        if absent:
+            raise ValueError(f"{absent} not in Sentinel-2 L2A products (B10 is dropped at L2A); "
+                             f"allowed: {', '.join(B.SPECTRAL_BANDS)}")
         if len(set(out)) != len(out):
             raise ValueError(f"duplicate bands in {v}")
         return out
@@ -282,7 +288,10 @@ class TaskSpec(_Strict):
 
 class EvalSpec(_Strict):
     methods: list[Literal["knn", "linear", "finetune"]] = Field(default_factory=lambda: ["knn", "linear"])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description=(
+        "evaluation seeds: fine-tuning's head init, data order and dropout; with train_fraction < 1 "
+        "also the training subsample of every method. kNN and the linear probe on the whole "
+        "training split do not depend on a seed and run at the first seed only"))
     task_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
     knn_k: int = Field(10, gt=0)
     min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
@@ -293,6 +302,16 @@ class EvalSpec(_Strict):
                                       "(global_pool: mean of the last block's tokens, then a fresh LayerNorm "
                                       "fc_norm); norm_then_mean applies the encoder's pretrained final norm to "
                                       "each token, then averages")
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="fine-tuning's layer-wise lr decay (MAE/SatMAE: 0.75): transformer "
+                                      "block i of L trains at lr·decay^(L−i), the patch embedding at "
+                                      "lr·decay^(L+1), the head at lr; unset: one lr for all")
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of each subset's training split that kNN, the linear probe and "
+                                     "fine-tuning learn from: a draw per evaluation seed, stratified by "
+                                     "label for classification (few-shot probing). 1: the whole split, so "
+                                     "kNN and the linear probe are deterministic and run once, at the "
+                                     "first seed; only fine-tuning runs per seed")
     cache_embeddings: bool = Field(True, description="kNN/linear read embeddings cached per (checkpoint, task); "
                                                      "false recomputes them in every cell (benchmarks only)")
     cpus_per_trial: float = Field(1, gt=0)
@@ -402,8 +421,20 @@ def load_config(uri: str | Path, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"config {uri} must be a mapping at the top level")
     cfg = parse_config(data, overrides)
     if check_root:
-        storage.check_writable(cfg.root)
+        check_storage_root(cfg.root)
     return cfg
+
+
+def check_storage_root(root: str, write: bool = True) -> None:
+    """Check the storage root can hold the run's outputs, by writing a probe file (``write``) or,
+    writing nothing, that it is or can become a writable local folder; a :class:`ConfigError`
+    naming ``root`` if not."""
+    from pw_ray import storage
+
+    try:
+        storage.check_writable(root) if write else storage.check_creatable(root)
+    except storage.RootNotWritable as err:
+        raise ConfigError(f"invalid config:\n  root: {err}") from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

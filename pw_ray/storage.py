@@ -99,7 +99,10 @@ def write_bytes(uri: str, data) -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    # Hidden (leading dot) so that a folder read (pyarrow, pandas, Ray Data, ``datasets``) skips
+    # the file of a write in flight or killed mid-way; ``.tmp-`` marks it for clean-up.
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -145,18 +148,50 @@ def remove(uri: str) -> None:
         fs.delete_file(path)
 
 
-def check_writable(root: str) -> None:
-    """Fail fast, naming ``root``, when the storage root cannot be written."""
-    from pw_ray.config import ConfigError
+def move(src: str, dst: str) -> None:
+    """Move one file (a rename on a local disk; copy then delete on object stores)."""
+    fs, src_path = filesystem(src)
+    dst_fs, dst_path = filesystem(dst)
+    if type(fs) is not type(dst_fs):
+        raise ValueError(f"cannot move {src} to {dst}: different filesystems")
+    parent = dst_path.rsplit("/", 1)[0] if "/" in dst_path else ""
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    fs.move(src_path, dst_path)
 
+
+class RootNotWritable(OSError):
+    """A storage root that cannot be written (missing bucket, no credentials, read-only disk…)."""
+
+
+def check_creatable(root: str) -> None:
+    """Check, writing nothing, that a local storage root exists as a writable folder or could be
+    created (its nearest existing ancestor is a writable folder); :class:`RootNotWritable` if
+    not. Remote roots are not checked: the first stage that writes finds out
+    (:func:`check_writable` does, by writing)."""
+    if is_remote(root):
+        return
+    path = Path(local_path(root))
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    why = ""
+    if not probe.is_dir():
+        why = f"{probe} is not a folder"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        why = f"{probe} is not writable"
+    if why:
+        raise RootNotWritable(f"storage root {root!r} cannot be created or written ({why})")
+
+
+def check_writable(root: str) -> None:
+    """Fail fast, naming ``root``, when the storage root cannot be written (:class:`RootNotWritable`)."""
     probe = join(root, f".pw-ray-write-probe-{uuid.uuid4().hex[:8]}")
     try:
         write_bytes(probe, b"ok")
         remove(probe)
     except Exception as err:  # any failure means the run could not store its outputs
-        raise ConfigError(
-            f"invalid config:\n  root: storage root {root!r} is not writable or not reachable ({err})"
-        ) from None
+        raise RootNotWritable(f"storage root {root!r} is not writable or not reachable ({err})") from None
 
 
 def to_local_dir(uri: str) -> Path:

@@ -118,3 +118,26 @@ def test_paper_config_is_the_papers_vit_b_recipe():
     t = cfg.train
     assert (t.epochs, t.warmup_epochs, t.batch_size * t.accum_steps * t.num_workers) == (50, 5, 4096)
     assert (t.blr, t.weight_decay, t.precision) == (1e-4, 0.05, "fp16")
+
+
+def test_bands_l2a_lacks_are_refused_with_the_allowed_list():
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with(chips={"bands": ["B02", "B03", "B10", "B11"]}))
+    msg = str(e.value)
+    assert "chips.bands" in msg and "'B10'" in msg
+    assert "allowed: B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12" in msg
+
+
+def test_layer_decay_is_an_evaluation_option():
+    assert parse_config(_with()).evaluation.layer_decay is None
+    assert parse_config(_with(evaluation={"layer_decay": 0.75})).evaluation.layer_decay == 0.75
+    with pytest.raises(ConfigError, match=r"evaluation\.layer_decay: Input should be less than or equal to 1"):
+        parse_config(_with(evaluation={"layer_decay": 1.5}))
+
+
+def test_train_fraction_and_seeds_are_checked():
+    assert parse_config(_with()).evaluation.train_fraction == 1.0
+    with pytest.raises(ConfigError, match=r"evaluation\.train_fraction"):
+        parse_config(_with(evaluation={"train_fraction": 0}))
+    with pytest.raises(ConfigError, match=r"evaluation\.seeds"):
+        parse_config(_with(evaluation={"seeds": []}))

@@ -9,7 +9,7 @@ Both builders work in the two steps every task takes:
 * **ingest** (:func:`ingest_imported`) reads the pixels, maps the dataset's bands **by name**
   onto ``chips.bands``, centre-crops each image to a square and resamples it to
   ``chips.size_px`` (``chips.resampling``), and writes the same shard format as every other set
-  (``shards/<task>/region=<r>/*.parquet`` + WebDataset), ``manifest/<task>.parquet`` and
+  (``shards/<task>/parquet/<r>/*.parquet`` + WebDataset), ``manifest/<task>.parquet`` and
   ``tasks/<task>.parquet`` with the dataset's split. No STAC search is involved.
 
 **fMoW-Sentinel** (``kind: fmow``, ``path``: the folder holding ``train.csv``, ``val.csv`` and
@@ -351,7 +351,10 @@ def ingest_imported(root: str, task: TaskSpec, points: pd.DataFrame, spec: ChipS
     import ray
 
     from pw_ray.evaluate import tasks as T
+    from pw_ray.ingest import shards as S
 
+    if n_moved := S.adopt_legacy_layout(root, task.name):
+        log.info("task %s: moved %d shards of the older region=<r>/ layout into parquet/<r>/", task.name, n_moved)
     pts = points.sort_values(["region", "point_id"]).reset_index(drop=True)
     pts["chunk"] = pts.groupby("region").cumcount() // spec.chunk_size
     chunks = {(r, int(k)): g.drop(columns=["chunk"]).to_dict("records")

@@ -1,6 +1,7 @@
 """The evaluation grid on Ray Tune: one trial per cell, resumable, never running a cell twice.
 
-A cell is (pretraining set, task, task region, method, seed). Each trial:
+A cell is (pretraining set, task, task region, method, seed); kNN and the linear probe run at
+the first seed only unless ``evaluation.train_fraction`` < 1 (:func:`method_seeds`). Each trial:
 
 1. returns the stored result when ``runs/cells/<cell>.json`` exists (a restored or resubmitted
    grid never recomputes a finished cell, whatever Tune's own state says);
@@ -50,7 +51,11 @@ SLEEP_ENV = "PW_RAY_CELL_SLEEP_S"
 
 
 def cell_id(cell: dict) -> str:
-    return f"{cell['pretrain_set']}__{cell['task']}__{cell['task_region']}__{cell['method']}__s{cell['seed']}"
+    """``<set>__<task>__<region>__<method>__s<seed>``, and ``__f<fraction>`` when the cell learns
+    from a subsample of the training split (a result is never reused for another fraction)."""
+    frac = float(cell.get("train_fraction", 1.0))
+    return (f"{cell['pretrain_set']}__{cell['task']}__{cell['task_region']}__{cell['method']}__s{cell['seed']}"
+            + (f"__f{frac:g}" if frac < 1 else ""))
 
 
 def cell_uri(root: str, cell: dict) -> str:
@@ -70,12 +75,29 @@ def cell_starts(root: str, cell: dict) -> int:
     return sum(1 for u in storage.listdir(starts_uri(root, cell)) if ".tmp-" not in u.rsplit("/", 1)[-1])
 
 
+def method_seeds(method: str, seeds: list[int], train_fraction: float) -> list[int]:
+    """The evaluation seeds a method runs at.
+
+    Fine-tuning draws its head init, data order and dropout from the seed: every seed. kNN and
+    the linear probe (lbfgs logistic regression, ridge) are deterministic functions of the
+    training embeddings, so on the whole training split a second seed would repeat the first
+    cell's score: they run once, at the first seed. With ``train_fraction`` < 1 the seed draws
+    the training subsample (:func:`pw_ray.evaluate.tasks.train_subsample`) for every method, so
+    every method runs at every seed.
+    """
+    if method == "finetune" or train_fraction < 1:
+        return list(seeds)
+    return list(seeds[:1])
+
+
 def grid_cells(cfg: ExperimentConfig) -> list[dict]:
-    sets = [s.name for s in cfg.pretrain_sets] + (["zero"] if cfg.evaluation.include_zero else [])
+    ev = cfg.evaluation
+    sets = [s.name for s in cfg.pretrain_sets] + (["zero"] if ev.include_zero else [])
     return [
-        {"pretrain_set": s, "task": t.name, "task_type": t.task_type, "task_region": r, "method": m, "seed": seed}
-        for s in sets for t in cfg.tasks for r in cfg.evaluation.task_regions
-        for m in cfg.evaluation.methods for seed in cfg.evaluation.seeds
+        {"pretrain_set": s, "task": t.name, "task_type": t.task_type, "task_region": r, "method": m, "seed": seed,
+         "train_fraction": ev.train_fraction}
+        for s in sets for t in cfg.tasks for r in ev.task_regions
+        for m in ev.methods for seed in method_seeds(m, ev.seeds, ev.train_fraction)
     ]
 
 
@@ -114,6 +136,7 @@ def evaluate_cell(root: str, cell: dict, eval_cfg: dict) -> dict:
                checkpoint=storage.join(root, "runs", "pretrain", cell["pretrain_set"], "export"),
                encoder_sha256="")
     table = T.region_subset(T.read_task(root, cell["task"]), cell["task_region"])
+    table = T.train_subsample(table, float(cell.get("train_fraction", 1.0)), cell["seed"], cell["task_type"])
     row.update(n_train=int((table["split"] == "train").sum()), n_test=int((table["split"] == "test").sum()))
     reason = skip_reason(table, eval_cfg["min_subset"])
     if reason:
@@ -169,7 +192,8 @@ def _finetune_cell(root: str, cell: dict, table: pd.DataFrame, eval_cfg: dict):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n_classes = len(np.unique(table["label"])) if cell["task_type"] == "classification" else None
     pred = M.finetune(encoder, xtr, ytr, xva, yva, xte, cell["task_type"], n_classes,
-                      epochs=eval_cfg["finetune_epochs"], device=device, seed=cell["seed"],
+                      epochs=eval_cfg["finetune_epochs"], layer_decay=eval_cfg.get("layer_decay"),
+                      device=device, seed=cell["seed"],
                       autocast_dtype=torch.bfloat16 if device == "cuda" else None)
     return pred, yte
 
@@ -258,7 +282,8 @@ def _tuner(trainable, cfg: ExperimentConfig, cells: list[dict], name: str, stora
         param_space={"root": storage.resolve(cfg.root), "eval": eval_cfg, "cell": tune.grid_search(cells)},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.evaluation.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
-                                  callbacks=[GridProgress(storage.resolve(cfg.root), [cell_id(c) for c in cells])],
+                                  callbacks=[GridProgress(storage.resolve(cfg.root), [cell_id(c) for c in cells],
+                                                          cell_id)],
                                   failure_config=tune.FailureConfig(max_failures=2)),
     )
 

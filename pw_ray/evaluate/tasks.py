@@ -1,7 +1,7 @@
 """Downstream tasks: labelled chip tables with a ``region`` column and fixed splits.
 
 A task's chips are ingested like a pretraining set (``shards/<task>/``); its labels and splits
-live in ``tasks/<task>.parquet`` (``chip_id, region, label, split``). Region subsets are filters
+live in ``tasks/<task>.parquet`` (``chip_id, region, label, split, task_type``). Region subsets are filters
 on ``region``; the ``global`` subset is the whole table.
 
 Synthetic tasks (the demo's) take their labels from what the pixels really show, through the
@@ -94,6 +94,27 @@ def region_subset(table: pd.DataFrame, region: str) -> pd.DataFrame:
     if region not in CONTINENTS:
         raise ValueError(f"unknown task region {region!r}")
     return table[table["region"] == region]
+
+
+def train_subsample(table: pd.DataFrame, fraction: float, seed: int, task_type: str) -> pd.DataFrame:
+    """``table`` with its training split thinned to ``fraction`` (``evaluation.train_fraction``);
+    val and test rows untouched, so every seed is scored on the same chips.
+
+    A seeded draw (``seed``: the evaluation seed) over the training rows in ``chip_id`` order:
+    per label for classification, each class keeping ``max(1, round(m·fraction))`` of its ``m``
+    chips (no class vanishes from a few-shot split); ``max(1, round(n·fraction))`` of all ``n``
+    for regression. ``fraction`` 1 returns ``table`` itself.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return table
+    train = table[table["split"] == "train"].sort_values("chip_id", kind="stable")
+    rng = np.random.default_rng(seed)
+    groups = [g for _, g in train.groupby("label", sort=True)] if task_type == "classification" else [train]
+    keep = [g.index[rng.permutation(len(g))[:max(1, int(round(len(g) * fraction)))]] for g in groups if len(g)]
+    kept = set(np.concatenate(keep).tolist()) if keep else set()
+    return table[(table["split"] != "train") | table.index.isin(kept)]
 
 
 def points_from_csv(uri: str, name: str, seed: int) -> pd.DataFrame:

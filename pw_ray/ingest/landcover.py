@@ -53,6 +53,10 @@ WORLDCOVER_CLASSES: tuple[str, ...] = (
 #: mangroves 95, moss and lichen 100; 0 is no data.
 WORLDCOVER_CODES: dict[str, int] = dict(zip(WORLDCOVER_CLASSES, (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)))
 
+#: The embedded synthetic archive's land-cover collection (``pw_ray.synthetic`` writes it under
+#: this id); the default land cover of ``stac.kind: synthetic``.
+SYNTHETIC_LANDCOVER_COLLECTION = "synthetic-landcover"
+
 #: Error allowed to GDAL's approximate coordinate transformer when warping land cover, in source pixels.
 WARP_TOLERANCE_PX = 0.01
 
@@ -385,9 +389,8 @@ def landcover_source(stac, synthetic_items: str | None = None) -> LandcoverSourc
     common = dict(retries=stac.retries, backoff_s=stac.backoff_s)
     if lc is None and stac.kind == "synthetic":
         from pw_ray.config import LandcoverCollection
-        from pw_ray.synthetic import LC_COLLECTION
 
-        lc = LandcoverCollection(collection=LC_COLLECTION)
+        lc = LandcoverCollection(collection=SYNTHETIC_LANDCOVER_COLLECTION)
     if lc is None:
         return None
     if isinstance(lc, str):
@@ -409,5 +412,5 @@ def _kind_of_url(url: str) -> str:
     return "static" if url.split("?")[0].endswith((".json", ".geojson", ".ndjson")) else "api"
 
 
-__all__ = ["WORLDCOVER_CLASSES", "WORLDCOVER_CODES", "LandcoverSource", "RasterLandcover", "StacLandcover",
-           "landcover_source"]
+__all__ = ["SYNTHETIC_LANDCOVER_COLLECTION", "WORLDCOVER_CLASSES", "WORLDCOVER_CODES", "LandcoverSource",
+           "RasterLandcover", "StacLandcover", "landcover_source"]

@@ -8,9 +8,12 @@
 2. **Chunks**: kept chips are sorted by (region, scene, window) and cut into chunks of
    ``chips.chunk_size``; a chunk's chips come from few scenes, so each scene is opened once.
 3. **Shards**: one Ray task per chunk reads its scenes and writes
-   ``shards/<set>/region=<r>/<set>-<r>-<chunk>.parquet`` (+ a WebDataset tar) atomically,
+   ``shards/<set>/parquet/<r>/<set>-<r>-<chunk>.parquet`` (+ ``shards/<set>/wds/…tar``) atomically,
    skipping chunks whose files exist: a rerun finishes what is missing and never duplicates.
-4. **Manifest** (``manifest/<set>.parquet``): one row per point, ``ok`` | ``skipped`` | ``failed``.
+4. **Manifest** (``manifest/<set>.parquet``): one row per chip, ``ok`` | ``skipped`` | ``failed``.
+
+The index and the manifest have one row per chip: per point with ``stac.seasons`` = 1, else
+one per point and season (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations
@@ -388,6 +391,8 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
 
     if n_stale := S.remove_partial(root, set_name):
         log.info("ingest %s: removed %d temp files of writes killed mid-way", set_name, n_stale)
+    if n_moved := S.adopt_legacy_layout(root, set_name):
+        log.info("ingest %s: moved %d shards of the older region=<r>/ layout into parquet/<r>/", set_name, n_moved)
     chunked = assign_chunks(index, spec.chunk_size)
     tasks = chunk_tasks(chunked, items_json)
     results = []
