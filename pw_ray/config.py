@@ -190,6 +190,9 @@ class ChipSpec(_Strict):
     min_spacing_m: float = Field(0.0, ge=0, description="minimum great-circle distance between the planned points "
                                                         "of a set (no duplicate locations); e.g. size_px × "
                                                         "resolution_m × √2 keeps chips from overlapping")
+    max_failed_fraction: float = Field(
+        0.05, ge=0, le=1, description="largest share of a set's chips that may fail (errors, not cloud or no-data "
+                                      "skips) before the ingest exits non-zero and is not marked done")
     ingest_parallelism: int | None = Field(
         None, gt=0, description="ingest tasks in flight at once; unset: max(cluster CPUs now, work units "
                                 "capped at 64), so a cluster that starts with no worker CPUs still sees "
@@ -274,16 +277,27 @@ class TaskSpec(_Strict):
                                                           "images, stratified by split and label; all when unset")
     seed: int = 0
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    task_type: Literal["classification", "regression"] | None = Field(
+        None, description="what the labels are; unset: regression for synthetic-population, classification "
+                          "otherwise (a points file with numeric targets needs task_type: regression)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_type(cls, data):
+        if isinstance(data, dict) and data.get("task_type") is None:
+            data = {**data, "task_type": "regression" if data.get("kind") == "synthetic-population"
+                    else "classification"}
+        return data
 
     @model_validator(mode="after")
     def _path(self):
         if self.kind in ("points", "fmow", "geobench") and not self.path:
             raise ValueError(f"tasks kind {self.kind!r} needs a path (labelled points file or dataset folder)")
+        fixed = {"synthetic-population": "regression", "synthetic-landcover": "classification",
+                 "fmow": "classification", "geobench": "classification"}.get(self.kind)
+        if fixed and self.task_type != fixed:
+            raise ValueError(f"tasks kind {self.kind!r} is a {fixed} task; task_type {self.task_type!r} does not apply")
         return self
-
-    @property
-    def task_type(self) -> str:
-        return "regression" if self.kind == "synthetic-population" else "classification"
 
 
 class EvalSpec(_Strict):

@@ -8,18 +8,19 @@ whole pipeline says what it skipped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pw_ray import storage
+from pw_ray import lineage, storage
 from pw_ray.config import ExperimentConfig, dump_config
 
 log = logging.getLogger("pw_ray")
@@ -32,6 +33,25 @@ def _digest(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
 
 
+def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
+    """What a stage's "done" marker stands for: the config, and for plan and ingest the inputs
+    that live outside it (the bytes of labelled-point files; the lineage of each set's points and
+    the names of its shard files), so that an edited points file, a re-planned set or a deleted
+    shard re-enters the stage."""
+    extra = []
+    if stage == "plan":
+        extra = [lineage.bytes_digest(storage.read_bytes(t.path)) if storage.exists(t.path) else None
+                 for t in cfg.tasks if t.kind == "points"]
+    elif stage == "ingest":
+        from pw_ray.ingest import shards as S
+
+        # The points each set was ingested from, and the shard files it has now (a deleted shard,
+        # e.g. a corrupt one removed by hand, re-enters the stage, which writes just that chunk).
+        extra = [[(lineage.of_parquet(points_uri(cfg, name)) or {}).get("digest"),
+                  [u.rsplit("/", 1)[-1] for u in S.shard_files(cfg.root, name)]] for name, _, _ in _point_sets(cfg)]
+    return lineage.digest([_digest(cfg), extra]) if extra else _digest(cfg)
+
+
 def _marker(cfg: ExperimentConfig, stage: str) -> str:
     return storage.join(cfg.root, "_stages", f"{stage}.json")
 
@@ -40,12 +60,13 @@ def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
     uri = _marker(cfg, stage)
     if not storage.exists(uri):
         return False
-    return json.loads(storage.read_text(uri)).get("config") == _digest(cfg)
+    return json.loads(storage.read_text(uri)).get("config") == _stage_digest(cfg, stage)
 
 
 def _mark(cfg: ExperimentConfig, stage: str, t0: float, **info) -> None:
     storage.write_text(_marker(cfg, stage), json.dumps(
-        {"stage": stage, "config": _digest(cfg), "seconds": round(time.perf_counter() - t0, 1), **info}))
+        {"stage": stage, "config": _stage_digest(cfg, stage), "seconds": round(time.perf_counter() - t0, 1),
+         **info}))
 
 
 def _skip(cfg: ExperimentConfig, stage: str, force: bool) -> bool:
@@ -72,6 +93,17 @@ class Source:
         return list(self.landcover.names) if self.landcover is not None else []
 
 
+def archive_folder(root: str):
+    """The local folder of the synthetic archive: ``<root>/archive`` on a local root.
+
+    On a remote root it lives in the local cache (:func:`pw_ray.storage.cache_dir`): GDAL reads its
+    COGs by local path, so every process that reads chips must run on this machine (the demo, a
+    one-node Ray). The archive is a fixture rebuilt from its seed, not an output worth uploading;
+    a multi-node cluster ingests from a STAC catalog (``stac.kind: api``).
+    """
+    return storage.cache_dir(storage.join(root, "archive"))
+
+
 def source(cfg: ExperimentConfig) -> Source:
     """Searcher, catalog adapter and auxiliary layers for the config's ``stac`` section."""
     from pw_ray.ingest.catalogs import adapter_for
@@ -86,7 +118,7 @@ def source(cfg: ExperimentConfig) -> Source:
     from pw_ray import synthetic
     from pw_ray.regions import regions_of
 
-    archive_dir = storage.to_local_dir(storage.join(cfg.root, "archive"))
+    archive_dir = archive_folder(cfg.root)
     info = synthetic.build_archive(archive_dir, cfg.stac.synthetic, progress=True)
     items = synthetic.load_items(info)
     coverage: dict[str, list] = {}
@@ -114,7 +146,36 @@ def _point_sets(cfg: ExperimentConfig):
     return out
 
 
+#: Bump when sampling changes what a config's points are: stored points are then planned again.
+PLAN_VERSION = 1
+
+
+def points_record(cfg: ExperimentConfig, kind: str, spec) -> dict:
+    """The lineage record of one set's points: the set's (or task's) spec and seed, the spacing,
+    the layers that label points, where scenes exist (the synthetic archive's coverage), and for
+    labelled-point files and imported benchmarks the bytes of their index files."""
+    inputs = {"version": PLAN_VERSION, "pretrain_set" if kind == "pretrain" else "task": spec,
+              "min_spacing_m": cfg.chips.min_spacing_m,
+              "biome_path": cfg.stac.biome_path, "landcover": cfg.stac.landcover}
+    if cfg.stac.kind == "synthetic":  # sampling stays inside the archive's scenes, half a chip in
+        inputs["coverage"] = {"synthetic": cfg.stac.synthetic, "chip_m": cfg.chips.size_px * cfg.chips.resolution_m}
+    if kind == "task" and spec.kind == "points":
+        inputs["file"] = lineage.bytes_digest(storage.read_bytes(spec.path))
+        inputs["max_off_continent"] = cfg.chips.max_failed_fraction
+    elif kind == "task" and spec.kind in ("fmow", "geobench"):
+        from pw_ray.evaluate.builders import dataset_fingerprint
+
+        inputs["files"] = dataset_fingerprint(spec)
+    return lineage.record(inputs)
+
+
+def points_uri(cfg: ExperimentConfig, name: str) -> str:
+    return storage.join(cfg.root, "points", f"{name}.parquet")
+
+
 def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+    """Points of every pretraining set and task; a set's stored points are reused only when
+    their lineage matches (a changed size, seed, region, spacing or source plans them again)."""
     from pw_ray.config import PretrainSet
     from pw_ray.evaluate.tasks import points_from_csv
     from pw_ray.plan import label_points, plan_set
@@ -122,13 +183,18 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
     if _skip(cfg, "plan", force):
         return
     t0 = time.perf_counter()
-    src = src or source(cfg)
-    lc = src.landcover  # callable: (lons, lats) → class names, sampled pixel by pixel
+    todo = []
     for name, kind, spec in _point_sets(cfg):
-        uri = storage.join(cfg.root, "points", f"{name}.parquet")
-        if storage.exists(uri) and not force:
-            log.info("plan %s: points exist, keeping them", name)
-            continue
+        rec = points_record(cfg, kind, spec)
+        why = lineage.why_redo(lineage.of_parquet(points_uri(cfg, name)), rec, force)
+        if why is None:
+            _say(f"plan {name}: points reused (inputs unchanged)")
+        else:
+            todo.append((name, kind, spec, rec, why))
+    if todo:
+        src = src or source(cfg)
+    lc = src.landcover if todo else None  # callable: (lons, lats) → class names, sampled pixel by pixel
+    for name, kind, spec, rec, why in todo:
         if kind == "pretrain":
             pts = plan_set(spec, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
         elif spec.kind in ("synthetic-landcover", "synthetic-population"):
@@ -136,7 +202,9 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
             pset = PretrainSet(name=name, region="global", size=spec.size, seed=spec.seed + 10_000)
             pts = plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
         elif spec.kind == "points":
-            pts = label_points(points_from_csv(spec.path, name, spec.seed), src.biome_path, lc)
+            pts = label_points(points_from_csv(spec.path, name, spec.seed, task_type=spec.task_type,
+                                               max_off_fraction=cfg.chips.max_failed_fraction),
+                               src.biome_path, lc)
         elif spec.kind in ("fmow", "geobench"):
             # Imported benchmarks: their own index, split and images; no STAC search.
             from pw_ray.evaluate.builders import plan_imported
@@ -144,37 +212,60 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
             pts = plan_imported(spec)
         else:
             raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {name})")
-        storage.write_table(pa.Table.from_pandas(pts, preserve_index=False), uri)
+        uri = points_uri(cfg, name)
+        storage.write_table(lineage.attach(pa.Table.from_pandas(pts, preserve_index=False), rec), uri)
+        _say(f"plan {name}: {why} → {len(pts)} points planned")
         log.info("plan %s: %d points → %s", name, len(pts), uri)
     _mark(cfg, "plan", t0)
 
 
-def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+def _say(line: str) -> None:
+    """A progress line for the user (stdout) and the log."""
+    print(line, flush=True)
+    log.debug(line)
+
+
+def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None, retry_failed: bool = False) -> None:
+    """Index, shards and manifest of every set (each reusing what its lineage allows), then task
+    tables. Exits non-zero, naming the sets and their commonest reasons, when a set failed more
+    than ``chips.max_failed_fraction`` of its chips or produced none; the stage is then not
+    marked done and the next run retries."""
     from pw_ray.evaluate import tasks as T
     from pw_ray.ingest import shards as S
+    from pw_ray.ingest.failures import FailureBudgetExceeded
     from pw_ray.ingest.pipeline import run_ingest
 
-    if _skip(cfg, "ingest", force):
+    if not retry_failed and _skip(cfg, "ingest", force):
         return
     t0 = time.perf_counter()
     src = src or source(cfg)
-    summaries = {}
+    summaries, over_budget = {}, []
     for name, kind, spec in _point_sets(cfg):
-        pts = storage.read_table(storage.join(cfg.root, "points", f"{name}.parquet")).to_pandas()
+        pts = storage.read_table(points_uri(cfg, name)).to_pandas()
         if kind == "task" and spec.kind in ("fmow", "geobench"):
             # Imported benchmarks: chips straight from their images, their own split kept.
             from pw_ray.evaluate.builders import ingest_imported
 
-            s = ingest_imported(cfg.root, spec, pts, cfg.chips)
-            summaries[name] = s.__dict__
-            print(f"ingest {s.line()}", flush=True)
-            continue
-        s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover)
+            s = ingest_imported(cfg.root, spec, pts, cfg.chips, force=force, retry_failed=retry_failed)
+        else:
+            s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover,
+                           force=force, retry_failed=retry_failed)
         summaries[name] = s.__dict__
-        print(f"ingest {s.line()}", flush=True)
-        if kind == "task":
-            meta = S.read_set(cfg.root, name, columns=[c for c in S.META_COLUMNS]).to_pandas()
+        for line in s.reuse_lines():
+            _say(f"ingest {line}")
+        _say(f"ingest {s.line()}")
+        if err := s.budget_error(cfg.chips.max_failed_fraction):
+            over_budget.append(err)
+            continue
+        if kind == "task" and spec.kind not in ("fmow", "geobench"):
+            meta = S.read_set(cfg.root, name, columns=list(S.META_COLUMNS)).to_pandas()
+            if spec.kind == "points":  # the user's labels, by point (every season's chip gets its point's)
+                meta = meta.merge(pts[["point_id", "label"]], on="point_id", how="left", validate="many_to_one")
             T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names))
+    if over_budget:
+        raise FailureBudgetExceeded("ingest over its failure budget (the stage is not marked done; rerun "
+                                    "to retry transient failures, --retry-failed for permanent ones):\n  "
+                                    + "\n  ".join(over_budget))
     _mark(cfg, "ingest", t0, summaries=summaries)
 
 
@@ -240,16 +331,17 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
     for s in cfg.pretrain_sets:
         files = S.shard_files(cfg.root, s.name)
         if files:
-            t = storage.read_table(files[0])
+            t = S.read_shard(files[0], s.name)
             sample.append(D.sample_pixels(S.read_pixels(t)[:32], per_chip=64, seed=0))
     codebook = D.fit_codebook(np.concatenate(sample), a.spectral_clusters, seed=0) if sample else None
     rows = []
     for s in cfg.pretrain_sets:
         acc = D.DiversityAccumulator(a.spectral_bins, codebook)
         files = S.shard_files(cfg.root, s.name)
-        fs, first = storage.filesystem(files[0])
-        # The footer holds the chip shape: no need to read a whole shard's pixels for it.
-        shape = json.loads(pq.read_schema(first, filesystem=fs).metadata[b"pw_ray.shape"])
+        fs, _ = storage.filesystem(files[0])
+        # The footers hold the chip shape (no need to read a shard's pixels for it), and reading
+        # them all first names an unreadable shard before Ray Data streams the set.
+        shape = S.footer_shape(S.shard_footers(files, s.name)[0])
         ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs).select_columns(
             ["pixels", "region", "biome", "landcover"])
         for batch in ds.iter_batches(batch_size=128, batch_format="pyarrow"):  # streams: never the whole set
@@ -301,7 +393,7 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
     for s in cfg.pretrain_sets:
         files = S.shard_files(cfg.root, s.name)
         if files and len(rgb) == 3:
-            chips_by_set[s.name] = S.read_pixels(storage.read_table(files[0]))[:6][:, rgb]
+            chips_by_set[s.name] = S.read_pixels(S.read_shard(files[0], s.name))[:6][:, rgb]
         m = storage.read_table(storage.join(cfg.root, "manifest", f"{s.name}.parquet")).to_pandas()
         c = m["status"].value_counts()
         counts.append({"pretrain_set": s.name, **{k: int(c.get(k, 0)) for k in ("ok", "skipped", "failed")}})
@@ -312,26 +404,34 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
         from pw_ray.analyze.external import parse_external_sets
 
         external = parse_external_sets(res("external_sets.parquet"), origin=cfg.analysis.external_sets)
-    local_out = storage.to_local_dir(out)  # report rendering needs a local folder
-    path = write_report(
-        local_out, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
+    render = functools.partial(
+        write_report, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
         correlations=res("correlations.parquet"), points=points, chips_by_set=chips_by_set,
         manifest_counts=pd.DataFrame(counts).set_index("pretrain_set"),
         continents_path=str(pkg_files("pw_ray") / "data" / "continents.geojson"),
         title=f"Pretrain where? — {cfg.name}",
     )
+    if storage.is_remote(out):  # rendering needs a local folder: render in a temp one, upload every file
+        with tempfile.TemporaryDirectory(prefix="pwray-report-") as local_out:
+            path = render(local_out)
+            uploaded = storage.upload_dir(local_out, out)
+        path = storage.join(out, path.relative_to(local_out).as_posix())
+        log.info("report: %d files uploaded to %s", len(uploaded), out)
+    else:
+        path = str(render(storage.to_local_dir(out)))
     _mark(cfg, "report", t0)
-    return str(path)
+    return path
 
 
-def run_all(cfg: ExperimentConfig, force: bool = False, stop_after: str | None = None) -> str | None:
+def run_all(cfg: ExperimentConfig, force: bool = False, stop_after: str | None = None,
+            retry_failed: bool = False) -> str | None:
     storage.makedirs(cfg.root)
     storage.write_text(storage.join(cfg.root, "config.yaml"), dump_config(cfg))
     src = None
-    if not (stage_done(cfg, "plan") and stage_done(cfg, "ingest")) or force:
+    if not (stage_done(cfg, "plan") and stage_done(cfg, "ingest")) or force or retry_failed:
         src = source(cfg)
     plan(cfg, force, src)
-    ingest(cfg, force, src)
+    ingest(cfg, force, src, retry_failed=retry_failed)
     if stop_after == "ingest":
         return None
     pretrain(cfg, force)

@@ -13,11 +13,11 @@ frozen (a trained ``fc_norm`` affine is absorbed by the linear layer), the evalu
 paper's code path implies. ``norm_then_mean`` applies the encoder's pretrained final norm to
 each token and then averages (MAE-style features, pw-ray's earlier default).
 
-The cache is keyed by the checkpoint and the pooling, not only by the set's name: the file's
-schema metadata holds the digest of the ``encoder.pt`` it was computed with
-(``pw_ray.encoder_sha256``) and the pooling (``pw_ray.pooling``); a re-exported encoder (a set
-pretrained again with ``--force``) or another pooling makes the entry stale, so it is
-recomputed instead of silently reused.
+The cache is keyed by what made it, not by the set's name: the file's lineage records the digest
+of the ``encoder.pt`` it was computed with, the task's digest (its chips and labels) and the
+pooling, so a re-exported encoder, a re-ingested task or another pooling makes the entry stale
+and it is recomputed instead of silently reused (``pw_ray.encoder_sha256`` in the schema
+metadata names the checkpoint).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def embeddings_uri(root: str, set_name: str, task: str) -> str:
 def normalised(pixels: np.ndarray, mean, std, quantize: str = "none"):
     """uint16 (N, C, H, W) → float32 tensor in [0, 1] with the pretraining normalisation.
 
-    ``quantize``: the export's ``normalization["quantize"]`` (``uint8`` or ``none``; exports
-    written before it existed trained unquantised).
+    ``quantize``: the export's ``normalization["quantize"]`` (``uint8`` or ``none``; see
+    :func:`input_quantization`).
     """
     import torch
 
@@ -71,7 +71,6 @@ def embed_pixels(encoder, pixels: np.ndarray, mean, std, batch_size: int = 64, d
 
 
 DIGEST_KEY = b"pw_ray.encoder_sha256"
-POOLING_KEY = b"pw_ray.pooling"
 #: What ``evaluation.pooling`` defaults to (and what the standalone loader does without one).
 DEFAULT_POOLING = "mean_then_norm"
 
@@ -84,24 +83,13 @@ def encoder_digest(root: str, set_name: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _cache_metadata(root: str, set_name: str, task: str) -> dict | None:
+def cached_digest(root: str, set_name: str, task: str) -> str | None:
+    """The encoder digest a cache entry was computed with (None: no entry, or written before digests)."""
     uri = embeddings_uri(root, set_name, task)
     if not storage.exists(uri):
         return None
-    return storage.read_table(uri, columns=["chip_id"]).schema.metadata or {}
-
-
-def cached_digest(root: str, set_name: str, task: str) -> str | None:
-    """The encoder digest a cache entry was computed with (None: no entry, or written before digests)."""
-    md = _cache_metadata(root, set_name, task)
-    return (md.get(DIGEST_KEY, b"").decode() or None) if md is not None else None
-
-
-def cached_pooling(root: str, set_name: str, task: str) -> str | None:
-    """The pooling a cache entry was computed with (None: no entry; entries written before the
-    option existed pooled ``norm_then_mean``)."""
-    md = _cache_metadata(root, set_name, task)
-    return md.get(POOLING_KEY, b"norm_then_mean").decode() if md is not None else None
+    md = storage.read_table(uri, columns=["chip_id"]).schema.metadata or {}
+    return md.get(DIGEST_KEY, b"").decode() or None
 
 
 def embed_task(root: str, set_name: str, task: str, batch_size: int = 64,
@@ -124,28 +112,40 @@ def embed_task(root: str, set_name: str, task: str, batch_size: int = 64,
     return table.column("chip_id").to_numpy(zero_copy_only=False), emb
 
 
+def embeddings_record(root: str, set_name: str, task: str, pooling: str = DEFAULT_POOLING) -> dict:
+    """The lineage of a cache entry: the checkpoint (``encoder.pt``'s digest), the task's chips
+    and labels (:func:`pw_ray.evaluate.tasks.task_digest`) and the pooling."""
+    from pw_ray import lineage
+    from pw_ray.evaluate.tasks import task_digest
+
+    return lineage.record({"encoder_sha256": encoder_digest(root, set_name), "task": task_digest(root, task),
+                           "pooling": pooling})
+
+
 def compute_embeddings(root: str, set_name: str, task: str, batch_size: int = 64,
                        pooling: str = DEFAULT_POOLING) -> str:
-    """Embed every chip of a task with one set's encoder, unless the cache holds this checkpoint's
-    embeddings pooled the same way.
+    """Embed every chip of a task with one set's encoder, unless the cache holds exactly these.
 
-    Returns the cache URI. An entry computed with another ``encoder.pt`` (or without a digest)
-    or another pooling is recomputed and replaced atomically.
+    Returns the cache URI. An entry computed with another ``encoder.pt``, for other task chips
+    (a re-ingested task) or with another pooling, or written before lineage existed, is
+    recomputed and replaced atomically.
     """
+    from pw_ray import lineage
+
     uri = embeddings_uri(root, set_name, task)
-    digest = encoder_digest(root, set_name)
-    have, have_pooling = cached_digest(root, set_name, task), cached_pooling(root, set_name, task)
-    if have == digest and have_pooling == pooling:
+    rec = embeddings_record(root, set_name, task, pooling)
+    why = lineage.why_redo(lineage.of_parquet(uri), rec)
+    if why is None:
         return uri
-    if have is not None or storage.exists(uri):
-        log.info("embeddings %s/%s were computed with another checkpoint or pooling (%s %s, now %s %s): "
-                 "recomputing", set_name, task, have, have_pooling, digest, pooling)
+    if storage.exists(uri):
+        log.info("embeddings %s/%s: %s → recomputing", set_name, task, why)
+    digest = rec["inputs"]["encoder_sha256"]
     ids, emb = embed_task(root, set_name, task, batch_size, pooling)
     out = pa.table({
         "chip_id": pa.array(ids, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]),
-    }).replace_schema_metadata({DIGEST_KEY: digest.encode(), POOLING_KEY: pooling.encode()})
-    storage.write_table(out, uri)
+    }).replace_schema_metadata({DIGEST_KEY: digest.encode()})
+    storage.write_table(lineage.attach(out, rec), uri)
     log.info("embedded %d chips of %s with %s (encoder %s, pooling %s) → %s", len(emb), task, set_name, digest,
              pooling, uri)
     return uri

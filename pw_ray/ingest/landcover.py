@@ -394,7 +394,9 @@ def landcover_source(stac, synthetic_items: str | None = None) -> LandcoverSourc
     if lc is None:
         return None
     if isinstance(lc, str):
-        return RasterLandcover(href=lc, **common)
+        src = RasterLandcover(href=lc, **common)
+        src.lineage = _lineage(stac)
+        return src
     if lc.url:
         url, kind = lc.url, lc.kind or _kind_of_url(lc.url)
     elif stac.kind == "synthetic":
@@ -403,8 +405,15 @@ def landcover_source(stac, synthetic_items: str | None = None) -> LandcoverSourc
         url, kind = synthetic_items, "static"
     else:
         url, kind = stac.url, lc.kind or stac.kind
-    return StacLandcover(collection=lc.collection, url=str(url), kind=kind, asset=lc.asset, datetime=lc.datetime,
-                         catalog=lc.catalog or stac.catalog, timeout_s=stac.timeout_s, **common)
+    src = StacLandcover(collection=lc.collection, url=str(url), kind=kind, asset=lc.asset, datetime=lc.datetime,
+                        catalog=lc.catalog or stac.catalog, timeout_s=stac.timeout_s, **common)
+    src.lineage = _lineage(stac)
+    return src
+
+
+def _lineage(stac):
+    """What of the config decides a source's classes (``stac.landcover``; the archive for synthetic)."""
+    return stac.landcover.model_dump(mode="json") if hasattr(stac.landcover, "model_dump") else stac.landcover
 
 
 def _kind_of_url(url: str) -> str:

@@ -253,6 +253,19 @@ def adopt_legacy_layout(root: str, set_name: str) -> int:
     return moved
 
 
+def wds_files(root: str, set_name: str) -> list[str]:
+    """All complete WebDataset tars of a set, sorted."""
+    return [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True, suffix=".tar")
+            if TMP_MARK not in u.rsplit("/", 1)[-1]]
+
+
+def chunk_of(uri: str) -> tuple[str, int]:
+    """(region, chunk) of a shard file, from its name ``<set>-<region>-<chunk>.<ext>``."""
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    head, chunk = stem.rsplit("-", 1)
+    return head.rsplit("-", 1)[1], int(chunk)
+
+
 def remove_partial(root: str, set_name: str) -> int:
     """Delete temp files left by writes that were killed mid-way (a rerun's first step).
 
@@ -271,6 +284,56 @@ def read_set(root: str, set_name: str, columns: list[str] | None = None) -> pa.T
     files = shard_files(root, set_name)
     if not files:
         raise FileNotFoundError(f"no shards for set {set_name!r} under {root}")
-    tables = [storage.read_table(f, columns=columns) for f in files]
+    tables = [read_shard(f, set_name, columns=columns) for f in files]
     md = tables[0].schema.metadata
     return pa.concat_tables(tables).replace_schema_metadata(md)
+
+
+# --------------------------------------------------------------------------- unreadable shards
+#: How to repair a shard that cannot be read. The stage marker of a finished ingest makes a plain
+#: rerun skip the stage, hence ``--force``; the ingest then writes the chunks whose files are missing.
+SHARD_REPAIR = ("delete it and rerun `pw-ray ingest` (it writes that chunk again and reuses the others; "
+                "`--force` would redo the whole stage)")
+
+
+class CorruptShardError(storage.CorruptFileError):
+    """A shard file that exists but cannot be read; the message names the file, the set and the repair."""
+
+
+def corrupt_shard(uri: str, set_name: str, err: BaseException) -> CorruptShardError:
+    reason = " ".join(str(getattr(err, "__cause__", None) or err).split()) or type(err).__name__
+    return CorruptShardError(f"shard {uri} of set {set_name!r} cannot be read (truncated or overwritten?): "
+                             f"{reason}. To repair: {SHARD_REPAIR}")
+
+
+def read_shard(uri: str, set_name: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard file as a table; :class:`CorruptShardError` naming it and its set when unreadable."""
+    try:
+        return storage.read_table(uri, columns=columns)
+    except storage.CorruptFileError as err:
+        raise corrupt_shard(uri, set_name, err.__cause__ or err) from None
+
+
+def shard_footers(files: list[str], set_name: str, threads: int = 16) -> list:
+    """The Parquet footer (``pyarrow.parquet.FileMetaData``) of every file, read in parallel threads.
+
+    One small ranged read per file, done before a set is streamed so that an unreadable shard
+    fails at once with :class:`CorruptShardError` naming it, not deep inside a Ray Data task.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def footer(uri: str):
+        try:
+            return storage.read_parquet_metadata(uri)
+        except storage.CorruptFileError as err:
+            raise corrupt_shard(uri, set_name, err.__cause__ or err) from None
+
+    if len(files) <= 1:
+        return [footer(f) for f in files]
+    with ThreadPoolExecutor(max_workers=min(threads, len(files))) as pool:
+        return list(pool.map(footer, files))
+
+
+def footer_shape(footer) -> list[int]:
+    """The chip shape ``[C, H, W]`` recorded in a shard's footer (``pw_ray.shape``)."""
+    return json.loads((footer.metadata or {})[b"pw_ray.shape"])

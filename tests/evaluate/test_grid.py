@@ -99,21 +99,24 @@ def test_a_new_checkpoint_invalidates_cached_embeddings_and_results(eval_cfg):
 
 
 def test_another_pooling_invalidates_cached_embeddings_and_results(eval_cfg):
-    EMB.compute_embeddings(eval_cfg.root, "europe", "landcover")  # the default, mean_then_norm
+    from pw_ray import lineage
+
+    uri = EMB.compute_embeddings(eval_cfg.root, "europe", "landcover")  # the default, mean_then_norm
     ids, satmae = EMB.read_embeddings(eval_cfg.root, "europe", "landcover")
+    ev = eval_cfg.evaluation.model_dump()
     cell = _cell(eval_cfg)
-    row = G.evaluate_cell(eval_cfg.root, cell, eval_cfg.evaluation.model_dump())
+    row = G.evaluate_cell(eval_cfg.root, cell, ev)
+    row["lineage"] = G.expected_records(eval_cfg.root, [cell], ev)[G.cell_id(cell)]
     storage.write_text(G.cell_uri(eval_cfg.root, cell), json.dumps(row, default=G._json_default))
-    assert row["pooling"] == "mean_then_norm"
-    assert G.drop_stale_results(eval_cfg.root, [cell], "mean_then_norm") == []
+    assert G.drop_stale_results(eval_cfg.root, [cell], ev) == []
 
     EMB.compute_embeddings(eval_cfg.root, "europe", "landcover", pooling="norm_then_mean")
-    assert EMB.cached_pooling(eval_cfg.root, "europe", "landcover") == "norm_then_mean"
+    assert lineage.of_parquet(uri)["inputs"]["pooling"] == "norm_then_mean"
     ids2, mae = EMB.read_embeddings(eval_cfg.root, "europe", "landcover")
     assert list(ids2) == list(ids) and np.abs(mae - satmae).max() > 0.1
     # SatMAE's head standardises each vector; the pretrained norm's output does not
     np.testing.assert_allclose(satmae.mean(axis=1), 0, atol=1e-4)
-    assert G.drop_stale_results(eval_cfg.root, [cell], "norm_then_mean") == [G.cell_id(cell)]
+    assert G.drop_stale_results(eval_cfg.root, [cell], dict(ev, pooling="norm_then_mean")) == [G.cell_id(cell)]
 
 
 def test_recompute_mode_gives_the_cached_result(eval_cfg):
@@ -274,3 +277,46 @@ def test_small_grid_completes_then_reruns_nothing(ray_session, eval_cfg, caplog)
     assert {f: os.path.getmtime(f) for f in emb_files} == mtimes
     for c in cells:
         assert G.cell_starts(cfg.root, c) == 1
+
+
+# ----------------------------------------------------------------------------- lineage of results
+def _store(cfg, cell, expected):
+    row = G.evaluate_cell(cfg.root, cell, cfg.evaluation.model_dump())
+    row["lineage"] = expected[G.cell_id(cell)]
+    storage.write_text(G.cell_uri(cfg.root, cell), json.dumps(row, default=G._json_default))
+
+
+def test_a_changed_method_setting_reruns_exactly_the_cells_it_touches(eval_cfg, caplog):
+    _embed_all(eval_cfg)
+    cells = [_cell(eval_cfg, method="knn"), _cell(eval_cfg, method="linear")]
+    ev = eval_cfg.evaluation.model_dump()
+    expected = G.expected_records(eval_cfg.root, cells, ev)
+    for c in cells:
+        _store(eval_cfg, c, expected)
+    assert G.drop_stale_results(eval_cfg.root, cells, ev) == []
+    with caplog.at_level(logging.INFO, logger="pw_ray.evaluate.grid"):
+        dropped = G.drop_stale_results(eval_cfg.root, cells, dict(ev, knn_k=ev["knn_k"] + 2))
+    assert dropped == [G.cell_id(cells[0])]
+    assert "1 stored cell results are stale (evaluation.knn_k changed)" in caplog.text
+    assert storage.exists(G.cell_uri(eval_cfg.root, cells[1]))
+
+
+def test_a_reingested_task_invalidates_its_embeddings_and_cells(eval_cfg, monkeypatch):
+    from pw_ray.config import TaskSpec
+    from pw_ray.evaluate import tasks as T
+
+    _embed_all(eval_cfg)
+    cell = _cell(eval_cfg, method="knn")
+    ev = eval_cfg.evaluation.model_dump()
+    _store(eval_cfg, cell, G.expected_records(eval_cfg.root, [cell], ev))
+    table = T.read_task(eval_cfg.root, "landcover")
+    spec = next(t for t in eval_cfg.tasks if t.name == "landcover")
+    T.write_task(eval_cfg.root, TaskSpec(**spec.model_dump()), table.assign(split=table["split"].iloc[::-1].to_numpy()))
+    calls = []
+    real = EMB.embed_task
+    monkeypatch.setattr(EMB, "embed_task", lambda *a, **k: calls.append(a) or real(*a, **k))
+    EMB.compute_embeddings(eval_cfg.root, "europe", "landcover")
+    assert len(calls) == 1  # other splits: the cached entry is stale
+    EMB.compute_embeddings(eval_cfg.root, "europe", "landcover")
+    assert len(calls) == 1  # and now current
+    assert G.drop_stale_results(eval_cfg.root, [cell], ev) == [G.cell_id(cell)]
