@@ -230,6 +230,18 @@ class ModelSpec(_Strict):
     normalization: Literal["fmow", "set"] = Field(
         "fmow", description="per-band clip/scale statistics: SatMAE's fMoW-Sentinel ones, or recomputed "
                             "from the pretraining set's shards (saved in the export's config.json)")
+    loss_pairing: Literal["official", "per_group"] = Field(
+        "official", description="official: SatMAE's loss, which compares the group-ordered predictions with "
+                                "the channel-ordered target (what the paper trained; with the default groups "
+                                "some predictions are scored against another band); per_group: each group "
+                                "scored against its own bands (the corrected variant). docs/pretrain.md")
+    spatial_mask: bool = Field(
+        False, description="mask the same spatial positions in every band group (SatMAE's --spatial_mask); "
+                           "false: independent masking over all group tokens, SatMAE's default and the paper's")
+    input_quantization: Literal["uint8", "none"] = Field(
+        "uint8", description="uint8: after clip/scale, keep SatMAE's 256 levels (floor(255·x)/255, as its "
+                             "SentinelNormalize + ToTensor); none: the unquantised float. Applies to "
+                             "pretraining and to every embedding of the exported encoder")
 
     @field_validator("groups")
     @classmethod
@@ -252,6 +264,9 @@ class TrainSpec(_Strict):
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per worker, e.g. {accelerator_type:H100: 0.001}")
     compile: bool = Field(False, description="torch.compile the model in each worker")
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="autocast on GPU workers: bf16; fp16 with a gradient scaler (SatMAE's "
+                            "torch.cuda.amp.autocast + NativeScaler); fp32. CPU workers always train in fp32")
     shuffle_buffer: int = Field(256, ge=0, description="chips per worker in the local shuffle buffer (0: off)")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
@@ -302,6 +317,11 @@ class EvalSpec(_Strict):
     min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
     include_zero: bool = True
     finetune_epochs: int = Field(2, gt=0)
+    pooling: Literal["mean_then_norm", "norm_then_mean"] = Field(
+        "mean_then_norm", description="patch tokens → one vector: mean_then_norm is SatMAE's fine-tuning head "
+                                      "(global_pool: mean of the last block's tokens, then a fresh LayerNorm "
+                                      "fc_norm); norm_then_mean applies the encoder's pretrained final norm to "
+                                      "each token, then averages")
     layer_decay: float | None = Field(
         None, gt=0, le=1, description="fine-tuning's layer-wise lr decay (MAE/SatMAE: 0.75): transformer "
                                       "block i of L trains at lr·decay^(L−i), the patch embedding at "
@@ -391,6 +411,14 @@ class ExperimentConfig(_Strict):
         missing = [b for b in grouped if b not in self.chips.bands]
         if missing:
             raise ValueError(f"model.groups use bands not in chips.bands: {missing}")
+        if self.model.loss_pairing == "official" and sorted(grouped) != sorted(self.chips.bands):
+            left_out = [b for b in self.chips.bands if b not in grouped]
+            repeated = sorted({b for b in grouped if grouped.count(b) > 1})
+            raise ValueError(f"model.loss_pairing 'official' needs model.groups to hold every band of chips.bands "
+                             f"exactly once (SatMAE scores its predictions against every channel); "
+                             + "; ".join(f"{what}: {bands}" for what, bands in
+                                         (("left out", left_out), ("repeated", repeated)) if bands)
+                             + "; set model.loss_pairing: per_group, or group every band once")
         if self.chips.size_px % self.model.patch_size:
             raise ValueError(
                 f"chips.size_px ({self.chips.size_px}) must be a multiple of model.patch_size ({self.model.patch_size})"

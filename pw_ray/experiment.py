@@ -304,7 +304,7 @@ def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
              if cfg.evaluation.cache_embeddings and any(m in ("knn", "linear") for m in cfg.evaluation.methods)]
     gpu = cfg.evaluation.gpus_per_probe
     embed = ray.remote(num_cpus=1, num_gpus=gpu)(compute_embeddings)
-    refs = [embed.remote(cfg.root, s, t) for s, t in needs]
+    refs = [embed.remote(cfg.root, s, t, pooling=cfg.evaluation.pooling) for s, t in needs]
     log.info("evaluate: embeddings for %d (encoder, task) pairs (cached ones are reused)", len(refs))
     ray.get(refs)
     run_grid(cfg, cells)
