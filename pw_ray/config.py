@@ -194,9 +194,15 @@ class ChipSpec(_Strict):
         0.05, ge=0, le=1, description="largest share of a set's chips that may fail (errors, not cloud or no-data "
                                       "skips) before the ingest exits non-zero and is not marked done")
     ingest_parallelism: int | None = Field(
-        None, gt=0, description="ingest tasks in flight at once; unset: max(cluster CPUs now, work units "
-                                "capped at 64), so a cluster that starts with no worker CPUs still sees "
-                                "enough pending tasks for the autoscaler to add CPU workers")
+        None, gt=0, description="ingest tasks in flight at once; unset: one per work unit (chunk, index part) up "
+                                "to the CPUs the cluster can grow to (chips.ingest_max_cpus, else the cluster "
+                                "YAML: $PW_RAY_CLUSTER_YAML or ~/ray_bootstrap_config.yaml), never below the "
+                                "CPUs it has now, so an autoscaler sees the demand it must grow to")
+    ingest_max_cpus: int | None = Field(
+        None, gt=0, description="CPUs the cluster can grow to for ingest (caps the default task pool); unset: "
+                                "read from the cluster YAML ($PW_RAY_CLUSTER_YAML, or the "
+                                "~/ray_bootstrap_config.yaml `ray up` leaves on the head), else one task per "
+                                "work unit")
 
     @field_validator("bands")
     @classmethod
@@ -352,6 +358,34 @@ class AnalysisSpec(_Strict):
                           "per-task scores; shown beside the measured sets (README: External sets)")
 
 
+class EstimateSpec(_Strict):
+    """Prices and rates for ``pw-ray estimate``; unset rates use measured or labelled defaults."""
+
+    price_cpu_hour: float | None = Field(None, ge=0, description="price of one vCPU-hour on CPU-only nodes "
+                                                                 "(ingest, analyze, CPU trials); unset: no cost")
+    price_gpu_hour: float | None = Field(None, ge=0, description="price of one GPU-hour on GPU nodes, their CPUs "
+                                                                 "and memory included; unset: no cost")
+    price_storage_gb_month: float | None = Field(None, ge=0, description="object-store price per GB (10⁹ bytes) "
+                                                                         "and month; unset: no storage cost")
+    storage_months: float = Field(1.0, gt=0, description="months the outputs are kept, for the storage cost")
+    gpu_peak_tflops: float | None = Field(None, gt=0, description="dense bf16/fp16 peak of one GPU of the cluster, "
+                                                                  "TFLOP/s (its data sheet); GPU-hours need it "
+                                                                  "unless a bench/gpu_step.py calibration is given")
+    mfu: float | None = Field(None, gt=0, le=1, description="model FLOPs utilisation of training and "
+                                                            "evaluation on GPU; unset: a calibration's, else the "
+                                                            "documented or assumed default that estimate prints")
+    ingest_chips_per_cpu_s: float | None = Field(None, gt=0, description="chips one CPU ingests per second; "
+                                                                         "unset: a calibration's, else the "
+                                                                         "documented bench/ingest.py figure")
+    analyze_chips_per_cpu_s: float | None = Field(None, gt=0, description="chips one CPU measures per second "
+                                                                          "in analyze; unset: a calibration's, "
+                                                                          "else the documented bench figure")
+    search_cell_km: float | None = Field(None, gt=0, description="side of the cells the per-tile scene search "
+                                                                 "groups points by, km; unset: a Sentinel-2 tile")
+    stac_page_size: int | None = Field(None, gt=0, description="items per page of a STAC search; unset: the "
+                                                               "assumption estimate prints")
+
+
 class ExperimentConfig(_Strict):
     name: str = "pretrain-where"
     root: str = Field(description="storage root URI: local path, s3://, gs://")
@@ -363,6 +397,8 @@ class ExperimentConfig(_Strict):
     tasks: list[TaskSpec] = Field(default_factory=list)
     evaluation: EvalSpec = EvalSpec()
     analysis: AnalysisSpec = AnalysisSpec()
+    estimate: EstimateSpec = Field(EstimateSpec(), description="prices and rates for `pw-ray estimate` only; "
+                                                              "no stage reads them")
 
     @model_validator(mode="after")
     def _cross(self):

@@ -30,7 +30,9 @@ STAGES = ("plan", "ingest", "pretrain", "evaluate", "analyze", "report")
 
 # ----------------------------------------------------------------------------- bookkeeping
 def _digest(cfg: ExperimentConfig) -> str:
-    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+    # `estimate` (prices, rates) shapes no stage's work: editing it must not re-enter done stages.
+    return hashlib.sha256(dump_config(cfg.model_copy(update={"estimate": type(cfg.estimate)()})).encode()
+                          ).hexdigest()[:16]
 
 
 def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
