@@ -133,10 +133,6 @@ def per_set(jobs: dict[str, Callable[[], Any]]) -> tuple[dict[str, Any], dict[st
     failure does not stop the others. A single job runs in the calling thread."""
     results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}
-    # torch and scikit-learn, which the sets' jobs import lazily (pretraining; a task's labels and
-    # splits), imported here first, in the calling thread: loading torch from a thread of a busy
-    # driver failed ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so").
-    import pw_ray.evaluate.methods  # noqa: F401
     if len(jobs) <= 1:
         for name, job in jobs.items():
             try:
@@ -388,8 +384,6 @@ def pretrain(cfg: ExperimentConfig, force: bool = False, sets: list[str] | None 
             continue
         _say(plans[name].line())
     kw = {"train_loop": train_loop} if train_loop else {}
-    import ray.train.torch  # noqa: F401 - in this thread, before the sets' threads (see per_set)
-
     out, errors = per_set({p.set_name: functools.partial(T.train_run, cfg, p, **kw)
                            for p in plans.values() if p.why is not None})
     errors = {n: (plan_errors | errors)[n] for n in names if n in plan_errors or n in errors}
