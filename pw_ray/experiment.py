@@ -79,9 +79,10 @@ def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
 
 
 def _mark(cfg: ExperimentConfig, stage: str, t0: float, **info) -> None:
+    # `finished` makes every marker's bytes new: the stages after it (UPSTREAM) see that it ran again
     storage.write_text(_marker(cfg, stage), json.dumps(
         {"stage": stage, "config": _stage_digest(cfg, stage), "seconds": round(time.perf_counter() - t0, 1),
-         **info}))
+         "finished": time.time(), **info}))
 
 
 def _unmark(cfg: ExperimentConfig, stage: str) -> None:

@@ -137,3 +137,19 @@ def test_zero_encoder_is_exported_again_only_when_its_inputs_change(tmp_path):
     changed = T.export_zero(_cfg(tmp_path / "root", model={"preset": "small"}))
     assert changed["decision"] == "model.preset changed"
     assert hashlib.sha256(encoder.read_bytes()).hexdigest() != digest
+
+
+def test_a_new_ingest_re_enters_pretrain_and_a_new_pretrain_re_enters_evaluate(tmp_path):
+    """The "done" markers of pretrain and evaluate stand for the marker of the stage before them:
+    re-ingested shards (same config) make pretrain check every set's lineage again, a retrained
+    set makes evaluate look at the encoders again."""
+    import time
+
+    cfg = _cfg(tmp_path / "root")
+    for stage in ("ingest", "pretrain", "evaluate"):
+        E._mark(cfg, stage, time.perf_counter())
+    assert all(E.stage_done(cfg, s) for s in ("ingest", "pretrain", "evaluate"))
+    E._mark(cfg, "ingest", time.perf_counter())  # ingest ran again, e.g. with --retry-failed
+    assert E.stage_done(cfg, "ingest") and not E.stage_done(cfg, "pretrain") and E.stage_done(cfg, "evaluate")
+    E._mark(cfg, "pretrain", time.perf_counter())
+    assert E.stage_done(cfg, "pretrain") and not E.stage_done(cfg, "evaluate")
