@@ -33,7 +33,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +60,7 @@ class ShardCatalog:
     uris: tuple[str, ...]
     row_groups: tuple[tuple[int, ...], ...]
     shape: tuple[int, int, int]
-    chunk_digests: tuple[str, ...] = ()
+    chunk_digests: tuple[str, ...] = field(default=(), compare=False)  # the driver's only: not in to_dict
 
     @property
     def n_chips(self) -> int:
