@@ -159,6 +159,8 @@ def points_record(cfg: ExperimentConfig, kind: str, spec) -> dict:
               "biome_path": cfg.stac.biome_path, "landcover": cfg.stac.landcover}
     if cfg.stac.kind == "synthetic":  # sampling stays inside the archive's scenes, half a chip in
         inputs["coverage"] = {"synthetic": cfg.stac.synthetic, "chip_m": cfg.chips.size_px * cfg.chips.resolution_m}
+    if kind == "pretrain" and spec.strategy != "random":  # chosen by signatures: what decides them
+        inputs["signatures"] = signature_inputs(cfg)
     if kind == "task" and spec.kind == "points":
         inputs["file"] = lineage.bytes_digest(storage.read_bytes(spec.path))
         inputs["max_off_continent"] = cfg.chips.max_failed_fraction
@@ -169,8 +171,51 @@ def points_record(cfg: ExperimentConfig, kind: str, spec) -> dict:
     return lineage.record(inputs)
 
 
+def signature_inputs(cfg: ExperimentConfig) -> dict:
+    """What decides the candidates' signatures of a spectral-diverse set besides its spec: the
+    search, the chip fields that decide a chip's scene and window, and analyze's bins."""
+    from pw_ray.ingest.search import stac_lineage
+    from pw_ray.ingest.signatures import SIGNATURE_VERSION
+
+    chips = {k: getattr(cfg.chips, k) for k in ("bands", "size_px", "resolution_m", "max_cloud_fraction",
+                                                "max_nodata_fraction")}
+    return {"version": SIGNATURE_VERSION, "stac": stac_lineage(cfg.stac), "chips": chips,
+            "spectral_bins": cfg.analysis.spectral_bins}
+
+
 def points_uri(cfg: ExperimentConfig, name: str) -> str:
     return storage.join(cfg.root, "points", f"{name}.parquet")
+
+
+def candidates_uri(cfg: ExperimentConfig, name: str) -> str:
+    """The candidate pool of a spectral-diverse set, with signatures and what was chosen."""
+    return storage.join(cfg.root, "candidates", f"{name}.parquet")
+
+
+def plan_diverse(cfg: ExperimentConfig, spec, src: Source, rec: dict, force: bool = False) -> pd.DataFrame:
+    """The chosen (unlabelled) points of a spectral-diverse set; the pool and its signatures are
+    stored in ``candidates/<set>.parquet`` with the points' lineage, and reused from there when it
+    matches (a points file deleted, or a plan killed after the signatures)."""
+    from pw_ray.diverse import plan_diverse_set, points_from_candidates
+    from pw_ray.ingest.signatures import signature_table
+
+    uri = candidates_uri(cfg, spec.name)
+    if lineage.why_redo(lineage.of_parquet(uri), rec, force) is None:
+        _say(f"plan {spec.name}: candidate signatures reused (inputs unchanged)")
+        return points_from_candidates(storage.read_table(uri).to_pandas(), spec.name)
+
+    def signatures(pool: pd.DataFrame) -> pd.DataFrame:
+        return signature_table(pool, src.searcher, src.adapter, cfg.chips, spec.signature_px,
+                               cfg.analysis.spectral_bins)
+
+    t0 = time.perf_counter()
+    points, table = plan_diverse_set(spec, signatures, src.coverage, cfg.chips.min_spacing_m)
+    storage.write_table(lineage.attach(pa.Table.from_pandas(table, preserve_index=False), rec), uri)
+    ok = table["score"].notna()
+    _say(f"plan {spec.name}: {len(table)} candidates, {int(ok.sum())} with a signature "
+         f"({time.perf_counter() - t0:.0f}s); mean signature entropy {table.loc[table['chosen'], 'score'].mean():.3f} "
+         f"nats chosen vs {table.loc[ok, 'score'].mean():.3f} over the candidates")
+    return points
 
 
 def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
@@ -195,7 +240,9 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
         src = src or source(cfg)
     lc = src.landcover if todo else None  # callable: (lons, lats) → class names, sampled pixel by pixel
     for name, kind, spec, rec, why in todo:
-        if kind == "pretrain":
+        if kind == "pretrain" and spec.strategy != "random":
+            pts = label_points(plan_diverse(cfg, spec, src, rec, force), src.biome_path, lc)
+        elif kind == "pretrain":
             pts = plan_set(spec, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
         elif spec.kind in ("synthetic-landcover", "synthetic-population"):
             # A task's points: an equal mix of the six continents, its own seed.
