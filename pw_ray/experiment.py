@@ -179,8 +179,13 @@ def signature_inputs(cfg: ExperimentConfig) -> dict:
 
     chips = {k: getattr(cfg.chips, k) for k in ("bands", "size_px", "resolution_m", "max_cloud_fraction",
                                                 "max_nodata_fraction")}
-    return {"version": SIGNATURE_VERSION, "stac": stac_lineage(cfg.stac), "chips": chips,
-            "spectral_bins": cfg.analysis.spectral_bins}
+    out = {"version": SIGNATURE_VERSION, "stac": stac_lineage(cfg.stac), "chips": chips,
+           "spectral_bins": cfg.analysis.spectral_bins}
+    if cfg.stac.kind == "synthetic":  # its COGs (their overviews) change with the generator's format
+        from pw_ray.synthetic import FORMAT_VERSION
+
+        out["archive_format"] = FORMAT_VERSION
+    return out
 
 
 def points_uri(cfg: ExperimentConfig, name: str) -> str:

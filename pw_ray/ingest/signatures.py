@@ -28,6 +28,7 @@ For each candidate:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -119,14 +120,16 @@ def candidate_signatures(points: pd.DataFrame, searcher, adapter: CatalogAdapter
     """The signature of each candidate of ``points`` (pure: no Ray; one row per point, in order).
 
     ``points``: a points table (``point_id, lon, lat, region``, …). The scene and window come from
-    :func:`pw_ray.ingest.pipeline.index_points`; with ``stac.seasons`` > 1 the first season's chip
-    stands for the point. Returns :data:`SIGNATURE_COLUMNS`: ``score`` (nats, NaN without a
+    :func:`pw_ray.ingest.pipeline.index_points`; with ``stac.seasons`` > 1 the best scene of the
+    whole date range stands for the point (one search per point, not one per season). Returns :data:`SIGNATURE_COLUMNS`: ``score`` (nats, NaN without a
     signature) and ``band_hist`` (``len(spec.bands) × bins`` int32 counts, band-major; empty without).
     """
     from pw_ray.ingest.pipeline import index_points
 
-    index = index_points(points, searcher, adapter, spec)
-    index = index[index["season"] == 0].set_index("point_id")
+    if int(getattr(searcher, "seasons", 1) or 1) > 1:
+        searcher = copy.copy(searcher)  # the caller's searcher keeps its seasons
+        searcher.seasons = 1
+    index = index_points(points, searcher, adapter, spec).set_index("point_id")
     items = {i: json.loads(j) for i, j in zip(index["item_id"], index["items_json"]) if j is not None}
     out = pd.DataFrame({"point_id": points["point_id"].astype(str).to_numpy()})
     rows = index.loc[out["point_id"]]

@@ -102,6 +102,16 @@ def test_candidate_signatures_follow_the_index_and_score_like_analyze(local_item
     assert first["score"] == pytest.approx(spectral_entropy_hist_batch(px, 16)[0])
 
 
+def test_with_seasons_the_best_scene_of_the_year_stands_for_the_point(local_items):
+    points = _points(local_items, per_scene=2, seed=4)
+    seasonal = StaticSearch(local_items, collection=S2_COLLECTION, datetime_range=YEAR, max_cloud_cover=100.0,
+                            max_items=5, seasons=3)
+    got = candidate_signatures(points, seasonal, PC, SPEC, SIG_PX, bins=16)
+    assert seasonal.seasons == 3  # the caller's searcher is left as it was
+    want = candidate_signatures(points, _static(local_items), PC, SPEC, SIG_PX, bins=16)
+    pd.testing.assert_frame_equal(got.drop(columns=["band_hist"]), want.drop(columns=["band_hist"]))
+
+
 def test_signatures_rank_candidates_like_their_full_resolution_chips(local_items):
     points = _points(local_items, per_scene=12, seed=1)
     sig = candidate_signatures(points, _static(local_items), PC, SPEC, SIG_PX, bins=16)
