@@ -114,38 +114,83 @@ def _point_sets(cfg: ExperimentConfig):
     return out
 
 
-def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+def _plan_task(cfg: ExperimentConfig, spec, src: Source) -> pd.DataFrame:
+    """A task's points with their ``split`` (decided here, at plan time: :mod:`pw_ray.splits`)."""
     from pw_ray.config import PretrainSet
     from pw_ray.evaluate.tasks import points_from_csv
     from pw_ray.plan import label_points, plan_set
+    from pw_ray.splits import assign_splits
+
+    lc = src.landcover  # callable: (lons, lats) → class names, sampled pixel by pixel
+    if spec.kind in ("synthetic-landcover", "synthetic-population"):
+        # A task's points: an equal mix of the six continents, its own seed.
+        pset = PretrainSet(name=spec.name, region="global", size=spec.size, seed=spec.seed + 10_000)
+        pts = plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
+    elif spec.kind == "points":
+        pts = label_points(points_from_csv(spec.path, spec.name, spec.seed), src.biome_path, lc)
+    elif spec.kind in ("fmow", "geobench"):
+        # Imported benchmarks: their own index, split and images; no STAC search.
+        from pw_ray.evaluate.builders import plan_imported
+
+        return plan_imported(spec)
+    else:
+        raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {spec.name})")
+    # Labels known now (points tasks) stratify a random split; synthetic labels come from pixels.
+    labels = pts["label"].astype(str).to_numpy() if (
+        spec.split == "random" and "label" in pts.columns and spec.task_type == "classification") else None
+    return assign_splits(pts, spec.split, spec.split_fractions, block_m=cfg.block_m,
+                         split_seed=cfg.plan.split_seed, seed=spec.seed, labels=labels)
+
+
+def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+    """Task points first (with their splits), then pretraining points away from the held-out ones."""
+    from pw_ray import leakage
+    from pw_ray.plan import plan_set_away
 
     if _skip(cfg, "plan", force):
         return
     t0 = time.perf_counter()
     src = src or source(cfg)
-    lc = src.landcover  # callable: (lons, lats) → class names, sampled pixel by pixel
-    for name, kind, spec in _point_sets(cfg):
-        uri = storage.join(cfg.root, "points", f"{name}.parquet")
+    record = leakage.read_record(cfg.root)
+    task_points = {}
+    for spec in cfg.tasks:
+        uri = storage.join(cfg.root, "points", f"{spec.name}.parquet")
+        splits = leakage.split_inputs(cfg, spec)
         if storage.exists(uri) and not force:
-            log.info("plan %s: points exist, keeping them", name)
-            continue
-        if kind == "pretrain":
-            pts = plan_set(spec, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
-        elif spec.kind in ("synthetic-landcover", "synthetic-population"):
-            # A task's points: an equal mix of the six continents, its own seed.
-            pset = PretrainSet(name=name, region="global", size=spec.size, seed=spec.seed + 10_000)
-            pts = plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
-        elif spec.kind == "points":
-            pts = label_points(points_from_csv(spec.path, name, spec.seed), src.biome_path, lc)
-        elif spec.kind in ("fmow", "geobench"):
-            # Imported benchmarks: their own index, split and images; no STAC search.
-            from pw_ray.evaluate.builders import plan_imported
-
-            pts = plan_imported(spec)
-        else:
-            raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {name})")
+            if record["tasks"].get(spec.name) == splits:
+                log.info("plan %s: points exist, keeping them", spec.name)
+                task_points[spec.name] = storage.read_table(uri).to_pandas()
+                continue
+            log.info("plan %s: points exist but were split otherwise (or before splits moved to plan); "
+                     "planning them again", spec.name)
+        pts = _plan_task(cfg, spec, src)
         storage.write_table(pa.Table.from_pandas(pts, preserve_index=False), uri)
-        log.info("plan %s: %d points → %s", name, len(pts), uri)
+        record["tasks"][spec.name] = splits
+        leakage.write_record(cfg.root, record)
+        task_points[spec.name] = pts
+        log.info("plan %s: %d points (%s) → %s", spec.name, len(pts),
+                 ", ".join(f"{k}={v}" for k, v in pts["split"].value_counts().items()), uri)
+
+    exclusion = cfg.exclusion_m
+    held = leakage.held_out_points(task_points, cfg.plan.exclude_splits)
+    inputs = leakage.exclusion_inputs(exclusion, cfg.plan.exclude_splits, held)
+    if exclusion <= 0:
+        log.warning("plan: exclusion is off (plan.exclusion_m = 0): pretraining points may lie on downstream "
+                    "%s chips", "/".join(cfg.plan.exclude_splits))
+    for s in cfg.pretrain_sets:
+        uri = storage.join(cfg.root, "points", f"{s.name}.parquet")
+        if storage.exists(uri) and not force and leakage.record_matches(record["sets"].get(s.name), inputs):
+            log.info("plan %s: points exist, keeping them", s.name)
+            continue
+        planned = plan_set_away(s, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path,
+                                landcover=src.landcover, held_out=held, exclusion_m=exclusion)
+        storage.write_table(pa.Table.from_pandas(planned.points, preserve_index=False), uri)
+        record["sets"][s.name] = {**inputs, "replaced": int(sum(planned.replaced.values())),
+                                  "replaced_by_region": planned.replaced}
+        leakage.write_record(cfg.root, record)
+        away = (f"{record['sets'][s.name]['replaced']} candidates within {exclusion:.0f} m of {len(held)} "
+                f"held-out task points replaced" if exclusion > 0 else "exclusion off")
+        print(f"plan {s.name}: {len(planned.points)} points, {away}", flush=True)
     _mark(cfg, "plan", t0)
 
 
@@ -172,13 +217,18 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
         s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover)
         summaries[name] = s.__dict__
         print(f"ingest {s.line()}", flush=True)
+        if kind == "pretrain":
+            from pw_ray.cards import write_dataset_card
+
+            write_dataset_card(cfg, name, config_digest=_digest(cfg))  # diversity: filled in by analyze
         if kind == "task":
             meta = S.read_set(cfg.root, name, columns=[c for c in S.META_COLUMNS]).to_pandas()
-            T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names))
+            T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names, splits=pts))
     _mark(cfg, "ingest", t0, summaries=summaries)
 
 
 def pretrain(cfg: ExperimentConfig, force: bool = False) -> None:
+    from pw_ray.cards import write_model_card
     from pw_ray.pretrain.trainer import export_zero, pretrain_set
 
     if _skip(cfg, "pretrain", force):
@@ -191,8 +241,10 @@ def pretrain(cfg: ExperimentConfig, force: bool = False) -> None:
         resumed = f", resumed at step {r['start_step']}" if r.get("start_step") else ""
         loss = f", final loss {r['final_loss']:.4f}" if r.get("final_loss") is not None else ""
         print(f"pretrain {s.name}: {r.get('steps')} steps{resumed}{loss}", flush=True)
+        write_model_card(cfg, s.name, config_digest=_digest(cfg))
     if cfg.evaluation.include_zero:
         out["zero"] = export_zero(cfg)
+        write_model_card(cfg, "zero", config_digest=_digest(cfg))
     _mark(cfg, "pretrain", t0, runs=out)
 
 
@@ -260,6 +312,7 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
     div = pd.DataFrame(rows)
     storage.write_table(pa.Table.from_pandas(div, preserve_index=False),
                         storage.join(cfg.root, "results", "diversity.parquet"))
+    _audit_and_cards(cfg, div)
     results = storage.read_table(storage.join(cfg.root, "results", "results.parquet")).to_pandas()
     ok = results[results["status"] == "ok"]
     method = "linear" if "linear" in set(ok["method"]) else str(ok["method"].iloc[0])
@@ -285,7 +338,19 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
     _mark(cfg, "analyze", t0)
 
 
+def _audit_and_cards(cfg: ExperimentConfig, diversity: pd.DataFrame) -> None:
+    """Leakage audit (``results/leakage.parquet``) and dataset cards with their diversity measures."""
+    from pw_ray.cards import write_dataset_card
+    from pw_ray.leakage import write_audit
+
+    write_audit(cfg)
+    by_set = diversity.set_index("pretrain_set").to_dict("index")
+    for s in cfg.pretrain_sets:
+        write_dataset_card(cfg, s.name, config_digest=_digest(cfg), diversity=by_set.get(s.name))
+
+
 def report(cfg: ExperimentConfig, force: bool = False) -> str:
+    from pw_ray import leakage
     from pw_ray.analyze.report import write_report
     from pw_ray.ingest import shards as S
 
@@ -317,6 +382,7 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
         local_out, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
         correlations=res("correlations.parquet"), points=points, chips_by_set=chips_by_set,
         manifest_counts=pd.DataFrame(counts).set_index("pretrain_set"),
+        leakage=leakage.read_audit(cfg.root), exclusion_m=cfg.exclusion_m,
         continents_path=str(pkg_files("pw_ray") / "data" / "continents.geojson"),
         title=f"Pretrain where? — {cfg.name}",
     )

@@ -21,7 +21,7 @@ An image is found at ``image_path`` (relative to the CSV's folder or its parent)
 documented layout ``<split>/<category>/<category>_<location_id>/<category>_<location_id>_<image_id>.tif``.
 Splits: ``train.csv`` → train; with ``test_gt.csv``, ``val.csv`` → val and ``test_gt.csv`` →
 test; without it, ``val.csv`` is divided into val and test **by whole locations** (seeded,
-per category, in the ratio of ``tasks[].split``'s last two fractions), so no location's time
+per category, in the ratio of ``tasks[].split_fractions``' last two fractions), so no location's time
 series straddles val and test and nothing of fMoW's val set ever trains. fMoW-Sentinel holds
 Level-1C top-of-atmosphere reflectance ×10⁴ from before processing baseline 04.00, so no
 offset is applied (the pretraining chips are L2A: a known domain gap of the benchmark itself).
@@ -187,7 +187,7 @@ def plan_fmow(spec: TaskSpec) -> pd.DataFrame:
     df = pd.concat(parts, ignore_index=True)
     if "test" not in files:
         v = df["split"] == "val"
-        val_share = spec.split[1] / max(spec.split[1] + spec.split[2], 1e-9)
+        val_share = spec.split_fractions[1] / max(spec.split_fractions[1] + spec.split_fractions[2], 1e-9)
         df.loc[v, "split"] = _location_split(df[v], val_share, spec.seed)
     df = _sample(df, spec.max_chips, spec.seed).reset_index(drop=True)
     # fMoW numbers locations per split (train's airport_0 is not val's airport_0): ids name the CSV.
