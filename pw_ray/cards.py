@@ -10,8 +10,9 @@ beside what it describes, on any storage root (:mod:`pw_ray.storage`):
   diversity measures (filled in by analyze; ``null`` before), licences and attribution of the
   imagery and auxiliary layers, the config digest, and how to load the shards with Hugging Face
   ``datasets``. Written at ingest, rewritten with the diversity measures at analyze. The README's
-  YAML front matter names two ``datasets`` configs (``parquet``, ``webdataset``), so
-  ``load_dataset("<root>/shards/<set>")`` reads the Parquet shards as they are.
+  YAML front matter points ``datasets`` at the Parquet files, so
+  ``load_dataset("<root>/shards/<set>")`` reads the shards as they are (one builder per folder:
+  the WebDataset tars load with ``load_dataset("webdataset", data_files=…)``).
 * **model card** — ``runs/pretrain/<set>/export/README.md`` + ``card.json``: architecture and
   parameter counts, the pretraining set and its card, the recipe with where each
   hyper-parameter came from (the config, a pw-ray default, or fixed in code) beside the
@@ -144,6 +145,12 @@ def dataset_card(cfg: ExperimentConfig, set_name: str, *, config_digest: str,
     exclusion_m = cfg.exclusion_m
     files = S.shard_files(cfg.root, set_name)
     tars = [u for u in storage.listdir(dataset_card_dir(cfg.root, set_name), recursive=True, suffix=".tar")]
+    shape = None
+    if files:
+        import pyarrow.parquet as pq
+
+        fs, path = storage.filesystem(files[0])
+        shape = json.loads(pq.read_schema(path, filesystem=fs).metadata[b"pw_ray.shape"])
     card = {
         "format": DATASET_FORMAT,
         "name": set_name,
@@ -194,8 +201,10 @@ def dataset_card(cfg: ExperimentConfig, set_name: str, *, config_digest: str,
         "loading": {
             "parquet": 'load_dataset("parquet", data_files="<this folder>/**/*.parquet", split="train")',
             "webdataset": 'load_dataset("webdataset", data_files="<this folder>/**/*.tar", split="train")',
-            "pixels": "pixels: little-endian uint16 bytes of a (C, H, W) chip, C H W in the Parquet schema "
-                      "metadata pw_ray.shape, bands in pw_ray.bands; reflectance ×1e4 (docs/CONTRACTS.md)",
+            "chip_shape": shape,
+            "pixels": "Parquet: 'pixels' holds the little-endian uint16 bytes of a (C, H, W) chip, "
+                      f"np.frombuffer(row['pixels'], '<u2').reshape({shape}); WebDataset: '.npy' holds the array "
+                      "and '.json' the metadata; bands in chips.bands order, reflectance ×1e4 (docs/CONTRACTS.md)",
         },
     }
     return card
@@ -222,8 +231,7 @@ def render_dataset_card(card: dict) -> str:
     front = ("---\n"
              f"pretty_name: pw-ray pretraining set {card['name']}\n"
              "configs:\n"
-             "- config_name: parquet\n  data_files: \"**/*.parquet\"\n  default: true\n"
-             "- config_name: webdataset\n  data_files: \"**/*.tar\"\n"
+             "- config_name: default\n  data_files: \"**/*.parquet\"\n"
              "---\n")
     lines = [front, f"# Pretraining set `{card['name']}`\n",
              f"Experiment `{card['experiment']}`, config digest `{card['config_digest']}`, card written "
