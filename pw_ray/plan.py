@@ -1,4 +1,4 @@
-"""Where: the points of a pretraining set.
+"""The plan stage: where the points of a pretraining set (or task) lie, sampled on land per continent.
 
 A set's points are drawn uniformly on land (area-correct on the sphere) inside each
 continent's geometry (``pw_ray.regions``), optionally restricted to the footprints of the

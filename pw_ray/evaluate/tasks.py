@@ -1,7 +1,7 @@
 """Downstream tasks: labelled chip tables with a ``region`` column and fixed splits.
 
 A task's chips are ingested like a pretraining set (``shards/<task>/``); its labels and splits
-live in ``tasks/<task>.parquet`` (``chip_id, region, label, split``). Region subsets are filters
+live in ``tasks/<task>.parquet`` (``chip_id, region, label, split, task_type``). Region subsets are filters
 on ``region``; the ``global`` subset is the whole table.
 
 Synthetic tasks (the demo's) take their labels from what the pixels really show, through the

@@ -10,7 +10,10 @@
 3. **Shards**: one Ray task per chunk reads its scenes and writes
    ``shards/<set>/region=<r>/<set>-<r>-<chunk>.parquet`` (+ a WebDataset tar) atomically,
    skipping chunks whose files exist: a rerun finishes what is missing and never duplicates.
-4. **Manifest** (``manifest/<set>.parquet``): one row per point, ``ok`` | ``skipped`` | ``failed``.
+4. **Manifest** (``manifest/<set>.parquet``): one row per chip, ``ok`` | ``skipped`` | ``failed``.
+
+The index and the manifest have one row per chip: per point with ``stac.seasons`` = 1, else
+one per point and season (docs/CONTRACTS.md).
 """
 
 from __future__ import annotations
