@@ -115,7 +115,7 @@ def _point_sets(cfg: ExperimentConfig):
 
 
 def _plan_task(cfg: ExperimentConfig, spec, src: Source) -> pd.DataFrame:
-    """A task's points with their ``split`` (decided here, at plan time: :mod:`pw_ray.splits`)."""
+    """A task's points with their ``split`` and ``block`` (decided here, at plan time: :mod:`pw_ray.splits`)."""
     from pw_ray.config import PretrainSet
     from pw_ray.evaluate.tasks import points_from_csv
     from pw_ray.plan import label_points, plan_set
@@ -131,8 +131,10 @@ def _plan_task(cfg: ExperimentConfig, spec, src: Source) -> pd.DataFrame:
     elif spec.kind in ("fmow", "geobench"):
         # Imported benchmarks: their own index, split and images; no STAC search.
         from pw_ray.evaluate.builders import plan_imported
+        from pw_ray.splits import block_of
 
-        return plan_imported(spec)
+        pts = plan_imported(spec)
+        return pts.assign(block=block_of(pts["lon"], pts["lat"], cfg.block_m))
     else:
         raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {spec.name})")
     # Labels known now (points tasks) stratify a random split; synthetic labels come from pixels.
@@ -145,6 +147,7 @@ def _plan_task(cfg: ExperimentConfig, spec, src: Source) -> pd.DataFrame:
 def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
     """Task points first (with their splits), then pretraining points away from the held-out ones."""
     from pw_ray import leakage
+    from pw_ray import splits as SP
     from pw_ray.plan import plan_set_away
 
     if _skip(cfg, "plan", force):
@@ -157,14 +160,19 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
         uri = storage.join(cfg.root, "points", f"{spec.name}.parquet")
         splits = leakage.split_inputs(cfg, spec)
         if storage.exists(uri) and not force:
-            if record["tasks"].get(spec.name) == splits:
+            if record["tasks"].get(spec.name) == splits and storage.exists(SP.splits_uri(cfg.root, spec.name)):
                 log.info("plan %s: points exist, keeping them", spec.name)
-                task_points[spec.name] = storage.read_table(uri).to_pandas()
+                pts = storage.read_table(uri).to_pandas().drop(columns=["split"], errors="ignore")
+                task_points[spec.name] = pts.merge(SP.read_splits(cfg.root, spec.name), on="point_id")
                 continue
             log.info("plan %s: points exist but were split otherwise (or before splits moved to plan); "
                      "planning them again", spec.name)
         pts = _plan_task(cfg, spec, src)
-        storage.write_table(pa.Table.from_pandas(pts, preserve_index=False), uri)
+        # Imported datasets' points carry their own split column (ingest reads it); planned splits
+        # live in splits/<task>.parquet only, so a task's points table is a points table.
+        keep = [c for c in pts.columns if c != "block" and (c != "split" or spec.split == "dataset")]
+        storage.write_table(pa.Table.from_pandas(pts[keep], preserve_index=False), uri)
+        SP.write_splits(cfg.root, spec.name, pts)
         record["tasks"][spec.name] = splits
         leakage.write_record(cfg.root, record)
         task_points[spec.name] = pts
@@ -210,7 +218,10 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
             # Imported benchmarks: chips straight from their images, their own split kept.
             from pw_ray.evaluate.builders import ingest_imported
 
-            s = ingest_imported(cfg.root, spec, pts, cfg.chips)
+            from pw_ray.splits import read_splits
+
+            s = ingest_imported(cfg.root, spec, pts.merge(read_splits(cfg.root, name)[["point_id", "block"]],
+                                                          on="point_id", how="left"), cfg.chips)
             summaries[name] = s.__dict__
             print(f"ingest {s.line()}", flush=True)
             continue
@@ -223,7 +234,9 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
             write_dataset_card(cfg, name, config_digest=_digest(cfg))  # diversity: filled in by analyze
         if kind == "task":
             meta = S.read_set(cfg.root, name, columns=[c for c in S.META_COLUMNS]).to_pandas()
-            T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names, splits=pts))
+            from pw_ray.splits import read_splits
+
+            T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names, splits=read_splits(cfg.root, name)))
     _mark(cfg, "ingest", t0, summaries=summaries)
 
 

@@ -10,7 +10,7 @@ downstream test chip lets an encoder memorise the place it is tested on. Two pie
   (:func:`pw_ray.plan.sample_away`: closer candidates are replaced by the next ones of the same
   continent's stream, so sets keep their size and region weights). What was done — distance,
   held-out points and their digest, candidates replaced per set, and each task's split settings —
-  is recorded in ``points/_exclusion.json`` (:func:`record_uri`), and a kept points file is
+  is recorded in ``points/_plan.json`` (:func:`record_uri`), and a kept points file is
   reused only when its record matches the current inputs.
 * **Audit at analyze time** (:func:`audit`): per (pretraining set, task, held-out split), the
   distances from the task's held-out chips to their nearest pretraining chip — minimum, 1st
@@ -49,8 +49,8 @@ AUDIT_COLUMNS = ["pretrain_set", "task", "split", "exclusion", "distance_m", "n_
 
 # ----------------------------------------------------------------------------- plan side
 def record_uri(root: str) -> str:
-    """Where plan records what the exclusion did (``points/_exclusion.json``)."""
-    return storage.join(root, "points", "_exclusion.json")
+    """Where plan records what the exclusion did (``points/_plan.json``)."""
+    return storage.join(root, "points", "_plan.json")
 
 
 def held_out_points(task_points: Mapping[str, pd.DataFrame], splits: Sequence[str]) -> pd.DataFrame:

@@ -12,6 +12,10 @@ stream, so the same arguments give the same frame, a larger ``n`` extends a smal
 points per continent, and adding a continent to a mix does not move the others' points
 (with ``min_spacing_m`` > 0 this holds except where points of two continents would fall
 within the spacing of each other near a shared border).
+
+Exclusion (:func:`sample_away`): candidates within a distance of held-out places (downstream
+test points, :mod:`pw_ray.leakage`) are skipped and the stream goes on, so counts per continent
+stay as the weights say and the points not near a held-out place are the same as without it.
 """
 
 from __future__ import annotations

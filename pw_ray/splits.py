@@ -2,7 +2,9 @@
 
 A task point's split must be known before any pretraining point is placed, so that plan can
 keep pretraining away from held-out places (:mod:`pw_ray.leakage`); the same split is then
-carried to the task table at ingest and used by evaluate.
+carried to the task table at ingest and used by evaluate. Plan writes them to
+``splits/<task>.parquet`` (:func:`write_splits`: ``point_id, split, block``), beside the task's
+``points/<task>.parquet``.
 
 * **spatial** — the sphere is cut into blocks of about ``block_m`` × ``block_m`` metres
   (:func:`block_of`) and each block's split is a seeded function of the block alone
@@ -33,7 +35,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from pw_ray import storage
+
 SPLITS = ("train", "val", "test")
+#: Columns of ``splits/<task>.parquet`` (docs/CONTRACTS.md).
+SPLIT_COLUMNS = ["point_id", "split", "block"]
 _EARTH_RADIUS_M = 6_371_008.8  # = pw_ray.plan.EARTH_RADIUS_M (not imported: plan imports shapely)
 
 
@@ -124,3 +130,21 @@ def assign_splits(points: pd.DataFrame, mode: str, fractions, *, block_m: float,
         raise ValueError(f"split mode must be 'spatial' or 'random', got {mode!r}")
     out["block"] = block_of(lon, lat, block_m)
     return out
+
+
+def splits_uri(root: str, task: str) -> str:
+    return storage.join(root, "splits", f"{task}.parquet")
+
+
+def write_splits(root: str, task: str, points: pd.DataFrame) -> None:
+    """``splits/<task>.parquet``: ``point_id, split, block`` of planned task points (atomic)."""
+    import pyarrow as pa
+
+    table = pa.table({"point_id": pa.array(points["point_id"].astype(str), pa.string()),
+                      "split": pa.array(points["split"].astype(str), pa.string()),
+                      "block": pa.array(points["block"].astype(str), pa.string())})
+    storage.write_table(table, splits_uri(root, task))
+
+
+def read_splits(root: str, task: str) -> pd.DataFrame:
+    return storage.read_table(splits_uri(root, task)).to_pandas()

@@ -8,7 +8,7 @@ from shapely.geometry import box
 from pw_ray import leakage as L
 from pw_ray import storage
 from pw_ray.plan import haversine_m, sample_away, sample_points
-from pw_ray.splits import block_splits
+from pw_ray.splits import block_splits, read_splits
 
 # A 0.2° × 0.2° patch of France (~22 × 15 km) as the only place points may go.
 PATCH = {"eu": [box(2.0, 47.0, 2.2, 47.2)]}
@@ -99,8 +99,17 @@ def planned(tmp_path_factory):
 
     cfg = parse_config(dict(TINY_CONFIG, root=str(tmp_path_factory.mktemp("plan") / "root")))
     E.plan(cfg)
+    return cfg, _read_points(cfg)
+
+
+def _read_points(cfg):
+    """Points of every set and task; a task's with its planned split and block."""
     read = lambda n: storage.read_table(storage.join(cfg.root, "points", f"{n}.parquet")).to_pandas()  # noqa: E731
-    return cfg, {n: read(n) for n in [s.name for s in cfg.pretrain_sets] + [t.name for t in cfg.tasks]}
+    out = {s.name: read(s.name) for s in cfg.pretrain_sets}
+    for t in cfg.tasks:
+        out[t.name] = read(t.name).merge(read_splits(cfg.root, t.name), on="point_id", validate="1:1")
+        assert len(out[t.name]) == t.size
+    return out
 
 
 def test_plan_keeps_every_pretraining_point_away_from_every_test_point(planned):
@@ -143,9 +152,9 @@ def test_replanning_with_other_held_out_points_redraws_the_sets(planned, tmp_pat
     shutil.copytree(cfg.root, root, ignore=shutil.ignore_patterns("_stages"))
     moved = parse_config(dict(TINY_CONFIG, root=str(root), plan={"block_m": 500, "split_seed": 1}))
     E.plan(moved)
-    again = storage.read_table(storage.join(moved.root, "points", "europe.parquet")).to_pandas()
-    tasks = {t.name: storage.read_table(storage.join(moved.root, "points", f"{t.name}.parquet")).to_pandas()
-             for t in moved.tasks}
+    points = _read_points(moved)
+    again = points["europe"]
+    tasks = {t.name: points[t.name] for t in moved.tasks}
     for p in tasks.values():  # the tasks were split again with the new seed…
         assert (p["split"].to_numpy() == block_splits(p["lon"], p["lat"], 500, (0.6, 0.2, 0.2), 1)).all()
     test = pd.concat([p[p["split"] == "test"] for p in tasks.values()])

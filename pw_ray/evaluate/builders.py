@@ -378,6 +378,7 @@ def ingest_imported(root: str, task: TaskSpec, points: pd.DataFrame, spec: ChipS
     kept = pts[pts["point_id"].isin(ok)]
     table = pd.DataFrame({"chip_id": kept["point_id"].to_numpy(), "region": kept["region"].to_numpy(),
                           "label": kept["label"].astype(str).to_numpy(), "split": kept["split"].to_numpy(),
+                          "block": kept["block"].to_numpy() if "block" in kept.columns else None,
                           "task_type": task.task_type}).sort_values("chip_id").reset_index(drop=True)
     T.write_task(root, task, table)
     if failed:

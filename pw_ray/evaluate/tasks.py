@@ -70,9 +70,12 @@ def make_splits(labels: pd.Series, regions: pd.Series, spec: TaskSpec) -> np.nda
 def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str],
                  splits: pd.DataFrame | None = None, *, block_m: float | None = None,
                  split_seed: int = 0) -> pd.DataFrame:
-    """The task table (``chip_id, region, label, split[, block], task_type``) of a task's chips.
+    """The task table (``chip_id, region, label, split, block, task_type``) of a task's chips.
 
-    splits: the task's planned points (``point_id``, ``split``, optionally ``block``): every
+    ``block`` is the spatial block of the chip's point (:mod:`pw_ray.splits`), null where no
+    block is known (random splits made here).
+
+    splits: the task's planned splits (``splits/<task>.parquet``: ``point_id, split, block``): every
         chip takes its point's split (all seasons of a point in one split), so evaluate uses
         exactly the split plan kept pretraining away from. None: decided here from the chips —
         spatial with ``block_m`` (the same function of location plan uses), random as
@@ -94,8 +97,7 @@ def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str],
             raise ValueError(f"task {spec.name}: {len(missing)} chips come from points with no planned split "
                              f"(first: {missing[0]}); re-plan the task")
         df["split"] = planned.loc[point_ids, "split"].to_numpy()
-        if "block" in planned.columns:
-            df["block"] = planned.loc[point_ids, "block"].to_numpy()
+        df["block"] = planned.loc[point_ids, "block"].to_numpy() if "block" in planned.columns else None
     elif spec.split == "spatial":
         from pw_ray.splits import block_of, block_splits
 
@@ -106,6 +108,7 @@ def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str],
         df["block"] = block_of(lon, lat, block_m)
     else:
         df["split"] = make_splits(df["label"], df["region"], spec)
+        df["block"] = None
     df["task_type"] = spec.task_type
     return df.sort_values("chip_id").reset_index(drop=True)
 
