@@ -26,6 +26,7 @@ Every number comes from the run's own files (points, manifest, shards, the exclu
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
 from collections.abc import Mapping
@@ -360,8 +361,6 @@ def model_card(cfg: ExperimentConfig, set_name: str, *, config_digest: str) -> d
     conf = json.loads(storage.read_text(storage.join(out, "config.json")))
     summary_uri = storage.join(out, "summary.json")
     summary = json.loads(storage.read_text(summary_uri)) if storage.exists(summary_uri) else {}
-    import io
-
     state = torch.load(io.BytesIO(storage.read_bytes(storage.join(out, "encoder.pt"))), map_location="cpu",
                        weights_only=True)
     fixed = {k for k in state if k.endswith(("pos_embed", "channel_embed"))}  # sin-cos tables, not trained

@@ -203,9 +203,11 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
 
 
 def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+    from pw_ray.cards import write_dataset_card
     from pw_ray.evaluate import tasks as T
     from pw_ray.ingest import shards as S
     from pw_ray.ingest.pipeline import run_ingest
+    from pw_ray.splits import read_splits
 
     if _skip(cfg, "ingest", force):
         return
@@ -218,8 +220,6 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
             # Imported benchmarks: chips straight from their images, their own split kept.
             from pw_ray.evaluate.builders import ingest_imported
 
-            from pw_ray.splits import read_splits
-
             s = ingest_imported(cfg.root, spec, pts.merge(read_splits(cfg.root, name)[["point_id", "block"]],
                                                           on="point_id", how="left"), cfg.chips)
             summaries[name] = s.__dict__
@@ -229,13 +229,9 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
         summaries[name] = s.__dict__
         print(f"ingest {s.line()}", flush=True)
         if kind == "pretrain":
-            from pw_ray.cards import write_dataset_card
-
             write_dataset_card(cfg, name, config_digest=_digest(cfg))  # diversity: filled in by analyze
         if kind == "task":
             meta = S.read_set(cfg.root, name, columns=[c for c in S.META_COLUMNS]).to_pandas()
-            from pw_ray.splits import read_splits
-
             T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names, splits=read_splits(cfg.root, name)))
     _mark(cfg, "ingest", t0, summaries=summaries)
 
