@@ -50,7 +50,10 @@ DIVERSITY_KEYS = ("continent_entropy", "biome_entropy", "landcover_entropy", "sp
 
 
 def dataset_card_dir(root: str, set_name: str) -> str:
-    return storage.join(root, "shards", set_name)
+    """The folder of a set's shards (``shards/<set>/``), where its card goes."""
+    from pw_ray.ingest.shards import set_dir
+
+    return set_dir(root, set_name)
 
 
 def model_card_dir(root: str, set_name: str) -> str:
@@ -145,7 +148,7 @@ def dataset_card(cfg: ExperimentConfig, set_name: str, *, config_digest: str,
                for st in ("skipped", "failed")}
     exclusion_m = cfg.exclusion_m
     files = S.shard_files(cfg.root, set_name)
-    tars = [u for u in storage.listdir(dataset_card_dir(cfg.root, set_name), recursive=True, suffix=".tar")]
+    tars = S.wds_files(cfg.root, set_name)
     shape = None
     if files:
         import pyarrow.parquet as pq

@@ -19,7 +19,8 @@ def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
     p.add_argument("--config", required=config_required, default=None if config_required else DEMO_CONFIG,
                    help="experiment YAML (path or URI)" + ("" if config_required else "; default: the demo config"))
     p.add_argument("--root", help="override the config's storage root (path, s3://, gs://)")
-    p.add_argument("--force", action="store_true", help="rerun the stage even if it is marked done")
+    p.add_argument("--force", action="store_true",
+                   help="redo the stage's work, ignoring what is stored (for run: every stage)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run every stage on the embedded synthetic archive",
                           description="Run the whole experiment on the embedded synthetic Sentinel-2 "
                                       "archive under one folder (its storage root). Rerun to resume.")
-    demo.add_argument("--out", default="pw-ray-demo", help="folder for everything (default: ./pw-ray-demo)")
+    # --root as well, like every other command; --out is the older spelling.
+    demo.add_argument("--root", "--out", dest="out", default="pw-ray-demo",
+                      help="storage root for everything: path, s3://, gs:// (default: ./pw-ray-demo)")
     demo.add_argument("--config", default=DEMO_CONFIG, help="config to use instead of the demo's")
     demo.add_argument("--force", action="store_true", help="rerun every stage")
     demo.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -43,12 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze": "diversity measures and their correlation with performance → results/",
         "report": "write report/index.html, report/README.md and figures",
         "run": "all stages in order (each skips what is done)",
-        "validate": "check a config and print it with defaults filled in",
+        "validate": "check a config and print it with defaults filled in (writes nothing)",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
         _common(p)
+        if name in ("ingest", "run"):
+            p.add_argument("--retry-failed", action="store_true",
+                           help="also retry chips that failed permanently (a missing band, a corrupt asset); "
+                                "transient failures are retried on every run")
     return ap
+
+
+def _print_fetch_hint(index_uri: str | None) -> None:
+    """On an object store, say how to copy the report folder to this machine to open it."""
+    from pw_ray import storage
+
+    if index_uri and storage.is_remote(index_uri):
+        folder = index_uri.rsplit("/", 1)[0]
+        print(f"report: fetch it with `{storage.fetch_hint(folder)}`, then open report/index.html", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     elif getattr(args, "root", None):
         overrides["root"] = args.root
     try:
-        cfg = load_config(args.config, overrides)
+        if args.command == "validate":  # validation writes nothing: no probe file, no root folder
+            from pw_ray.config import check_storage_root
+
+            cfg = load_config(args.config, overrides, check_root=False)
+            check_storage_root(cfg.root, write=False)
+        else:
+            cfg = load_config(args.config, overrides)
     except ConfigError as err:
         from pw_ray.runtime import failure_reason
 
@@ -85,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         started_ray = ensure_ray()
         log.info("pw-ray %s: config %s, root %s", args.command, args.config, cfg.root)
         if args.command in ("demo", "run"):
-            path = E.run_all(cfg, force=args.force)
+            path = E.run_all(cfg, force=args.force, retry_failed=getattr(args, "retry_failed", False))
             print(f"done in {time.perf_counter() - t0:.0f}s — report: {path}", flush=True)
+            _print_fetch_hint(path)
         elif args.command == "plan":
             E.plan(cfg, args.force)
         elif args.command == "ingest":
-            E.ingest(cfg, args.force)
+            E.ingest(cfg, args.force, retry_failed=args.retry_failed)
         elif args.command == "pretrain":
             E.pretrain(cfg, args.force)
         elif args.command == "evaluate":
@@ -98,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "analyze":
             E.analyze(cfg, args.force)
         elif args.command == "report":
-            print(f"report: {E.report(cfg, args.force)}")
+            path = E.report(cfg, args.force)
+            print(f"report: {path}", flush=True)
+            _print_fetch_hint(path)
     except Exception as err:
         log.exception("%s failed", args.command)
         # The reason must be the last line of the output (`ray job logs`, the job's status

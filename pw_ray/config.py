@@ -190,6 +190,9 @@ class ChipSpec(_Strict):
     min_spacing_m: float = Field(0.0, ge=0, description="minimum great-circle distance between the planned points "
                                                         "of a set (no duplicate locations); e.g. size_px × "
                                                         "resolution_m × √2 keeps chips from overlapping")
+    max_failed_fraction: float = Field(
+        0.05, ge=0, le=1, description="largest share of a set's chips that may fail (errors, not cloud or no-data "
+                                      "skips) before the ingest exits non-zero and is not marked done")
     ingest_parallelism: int | None = Field(
         None, gt=0, description="ingest tasks in flight at once; unset: max(cluster CPUs now, work units "
                                 "capped at 64), so a cluster that starts with no worker CPUs still sees "
@@ -201,6 +204,12 @@ class ChipSpec(_Strict):
         out = [B.canonical(b) for b in v]
         if B.SCL in out:
             raise ValueError("SCL is read for masks, not as a model band; remove it from chips.bands")
+        # B10 (cirrus) is a valid Sentinel-2 name but L2A products do not carry it: every chip
+        # would fail with MissingBandError. Only what ingest can read passes.
+        absent = [b for b in out if b not in B.SPECTRAL_BANDS]
+        if absent:
+            raise ValueError(f"{absent} not in Sentinel-2 L2A products (B10 is dropped at L2A); "
+                             f"allowed: {', '.join(B.SPECTRAL_BANDS)}")
         if len(set(out)) != len(out):
             raise ValueError(f"duplicate bands in {v}")
         return out
@@ -263,11 +272,15 @@ class TaskSpec(_Strict):
     split_fractions: tuple[float, float, float] = Field(
         (0.6, 0.2, 0.2), description="train, val, test shares (normalised); spatial: the probability of a "
                                      "block being each; fmow without test_gt.csv: val/test ratio of its val set")
+    task_type: Literal["classification", "regression"] | None = Field(
+        None, description="what the labels are; unset: regression for synthetic-population, classification "
+                          "otherwise (a points file with numeric targets needs task_type: regression)")
 
     @model_validator(mode="before")
     @classmethod
     def _split_forms(cls, data):
-        """``split: [0.6, 0.2, 0.2]`` (before 2026-12) → random with those fractions; unset → by kind."""
+        """``split: [0.6, 0.2, 0.2]`` (before 2026-12) → random with those fractions; unset split and
+        task_type → by kind."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
@@ -281,6 +294,8 @@ class TaskSpec(_Strict):
             data["split"] = "dataset" if imported else "random"
         elif split is None:
             data["split"] = "dataset" if imported else "spatial"
+        if data.get("task_type") is None:
+            data["task_type"] = "regression" if data.get("kind") == "synthetic-population" else "classification"
         return data
 
     @model_validator(mode="after")
@@ -296,11 +311,11 @@ class TaskSpec(_Strict):
         if any(f < 0 for f in self.split_fractions) or sum(self.split_fractions) <= 0:
             raise ValueError(f"split_fractions must be three shares ≥ 0 (train, val, test) with a positive sum, "
                              f"got {list(self.split_fractions)}")
+        fixed = {"synthetic-population": "regression", "synthetic-landcover": "classification",
+                 "fmow": "classification", "geobench": "classification"}.get(self.kind)
+        if fixed and self.task_type != fixed:
+            raise ValueError(f"tasks kind {self.kind!r} is a {fixed} task; task_type {self.task_type!r} does not apply")
         return self
-
-    @property
-    def task_type(self) -> str:
-        return "regression" if self.kind == "synthetic-population" else "classification"
 
 
 class PlanSpec(_Strict):
@@ -333,12 +348,25 @@ class PlanSpec(_Strict):
 
 class EvalSpec(_Strict):
     methods: list[Literal["knn", "linear", "finetune"]] = Field(default_factory=lambda: ["knn", "linear"])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description=(
+        "evaluation seeds: fine-tuning's head init, data order and dropout; with train_fraction < 1 "
+        "also the training subsample of every method. kNN and the linear probe on the whole "
+        "training split do not depend on a seed and run at the first seed only"))
     task_regions: list[str] = Field(default_factory=lambda: list(REGIONS))
     knn_k: int = Field(10, gt=0)
     min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
     include_zero: bool = True
     finetune_epochs: int = Field(2, gt=0)
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="fine-tuning's layer-wise lr decay (MAE/SatMAE: 0.75): transformer "
+                                      "block i of L trains at lr·decay^(L−i), the patch embedding at "
+                                      "lr·decay^(L+1), the head at lr; unset: one lr for all")
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of each subset's training split that kNN, the linear probe and "
+                                     "fine-tuning learn from: a draw per evaluation seed, stratified by "
+                                     "label for classification (few-shot probing). 1: the whole split, so "
+                                     "kNN and the linear probe are deterministic and run once, at the "
+                                     "first seed; only fine-tuning runs per seed")
     cache_embeddings: bool = Field(True, description="kNN/linear read embeddings cached per (checkpoint, task); "
                                                      "false recomputes them in every cell (benchmarks only)")
     cpus_per_trial: float = Field(1, gt=0)
@@ -461,8 +489,20 @@ def load_config(uri: str | Path, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"config {uri} must be a mapping at the top level")
     cfg = parse_config(data, overrides)
     if check_root:
-        storage.check_writable(cfg.root)
+        check_storage_root(cfg.root)
     return cfg
+
+
+def check_storage_root(root: str, write: bool = True) -> None:
+    """Check the storage root can hold the run's outputs, by writing a probe file (``write``) or,
+    writing nothing, that it is or can become a writable local folder; a :class:`ConfigError`
+    naming ``root`` if not."""
+    from pw_ray import storage
+
+    try:
+        storage.check_writable(root) if write else storage.check_creatable(root)
+    except storage.RootNotWritable as err:
+        raise ConfigError(f"invalid config:\n  root: {err}") from None
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -8,18 +8,19 @@ whole pipeline says what it skipped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pw_ray import storage
+from pw_ray import lineage, storage
 from pw_ray.config import ExperimentConfig, dump_config
 
 log = logging.getLogger("pw_ray")
@@ -32,6 +33,25 @@ def _digest(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
 
 
+def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
+    """What a stage's "done" marker stands for: the config, and for plan and ingest the inputs
+    that live outside it (the bytes of labelled-point files; the lineage of each set's points and
+    the names of its shard files), so that an edited points file, a re-planned set or a deleted
+    shard re-enters the stage."""
+    extra = []
+    if stage == "plan":
+        extra = [lineage.bytes_digest(storage.read_bytes(t.path)) if storage.exists(t.path) else None
+                 for t in cfg.tasks if t.kind == "points"]
+    elif stage == "ingest":
+        from pw_ray.ingest import shards as S
+
+        # The points each set was ingested from, and the shard files it has now (a deleted shard,
+        # e.g. a corrupt one removed by hand, re-enters the stage, which writes just that chunk).
+        extra = [[(lineage.of_parquet(points_uri(cfg, name)) or {}).get("digest"),
+                  [u.rsplit("/", 1)[-1] for u in S.shard_files(cfg.root, name)]] for name, _, _ in _point_sets(cfg)]
+    return lineage.digest([_digest(cfg), extra]) if extra else _digest(cfg)
+
+
 def _marker(cfg: ExperimentConfig, stage: str) -> str:
     return storage.join(cfg.root, "_stages", f"{stage}.json")
 
@@ -40,12 +60,13 @@ def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
     uri = _marker(cfg, stage)
     if not storage.exists(uri):
         return False
-    return json.loads(storage.read_text(uri)).get("config") == _digest(cfg)
+    return json.loads(storage.read_text(uri)).get("config") == _stage_digest(cfg, stage)
 
 
 def _mark(cfg: ExperimentConfig, stage: str, t0: float, **info) -> None:
     storage.write_text(_marker(cfg, stage), json.dumps(
-        {"stage": stage, "config": _digest(cfg), "seconds": round(time.perf_counter() - t0, 1), **info}))
+        {"stage": stage, "config": _stage_digest(cfg, stage), "seconds": round(time.perf_counter() - t0, 1),
+         **info}))
 
 
 def _skip(cfg: ExperimentConfig, stage: str, force: bool) -> bool:
@@ -72,6 +93,17 @@ class Source:
         return list(self.landcover.names) if self.landcover is not None else []
 
 
+def archive_folder(root: str):
+    """The local folder of the synthetic archive: ``<root>/archive`` on a local root.
+
+    On a remote root it lives in the local cache (:func:`pw_ray.storage.cache_dir`): GDAL reads its
+    COGs by local path, so every process that reads chips must run on this machine (the demo, a
+    one-node Ray). The archive is a fixture rebuilt from its seed, not an output worth uploading;
+    a multi-node cluster ingests from a STAC catalog (``stac.kind: api``).
+    """
+    return storage.cache_dir(storage.join(root, "archive"))
+
+
 def source(cfg: ExperimentConfig) -> Source:
     """Searcher, catalog adapter and auxiliary layers for the config's ``stac`` section."""
     from pw_ray.ingest.catalogs import adapter_for
@@ -86,7 +118,7 @@ def source(cfg: ExperimentConfig) -> Source:
     from pw_ray import synthetic
     from pw_ray.regions import regions_of
 
-    archive_dir = storage.to_local_dir(storage.join(cfg.root, "archive"))
+    archive_dir = archive_folder(cfg.root)
     info = synthetic.build_archive(archive_dir, cfg.stac.synthetic, progress=True)
     items = synthetic.load_items(info)
     coverage: dict[str, list] = {}
@@ -114,38 +146,78 @@ def _point_sets(cfg: ExperimentConfig):
     return out
 
 
-def _plan_task(cfg: ExperimentConfig, spec, src: Source) -> pd.DataFrame:
-    """A task's points with their ``split`` and ``block`` (decided here, at plan time: :mod:`pw_ray.splits`)."""
+#: Bump when sampling changes what a config's points are: stored points are then planned again.
+PLAN_VERSION = 1
+
+
+def points_record(cfg: ExperimentConfig, kind: str, spec, exclusion: dict | None = None) -> dict:
+    """The lineage record of one set's points: the set's (or task's) spec and seed, the spacing,
+    the layers that label points, where scenes exist (the synthetic archive's coverage), and for
+    labelled-point files and imported benchmarks the bytes of their index files. ``exclusion``
+    (pretraining sets): the distance and the held-out task points they were kept away from
+    (:func:`pw_ray.leakage.exclusion_inputs`)."""
+    inputs = {"version": PLAN_VERSION, "pretrain_set" if kind == "pretrain" else "task": spec,
+              "min_spacing_m": cfg.chips.min_spacing_m,
+              "biome_path": cfg.stac.biome_path, "landcover": cfg.stac.landcover}
+    if cfg.stac.kind == "synthetic":  # sampling stays inside the archive's scenes, half a chip in
+        inputs["coverage"] = {"synthetic": cfg.stac.synthetic, "chip_m": cfg.chips.size_px * cfg.chips.resolution_m}
+    if kind == "task" and spec.kind == "points":
+        inputs["file"] = lineage.bytes_digest(storage.read_bytes(spec.path))
+        inputs["max_off_continent"] = cfg.chips.max_failed_fraction
+    elif kind == "task" and spec.kind in ("fmow", "geobench"):
+        from pw_ray.evaluate.builders import dataset_fingerprint
+
+        inputs["files"] = dataset_fingerprint(spec)
+    if exclusion is not None:
+        inputs["exclusion"] = exclusion
+    return lineage.record(inputs)
+
+
+def points_uri(cfg: ExperimentConfig, name: str) -> str:
+    return storage.join(cfg.root, "points", f"{name}.parquet")
+
+
+def _task_points(cfg: ExperimentConfig, spec, src: Source) -> pd.DataFrame:
+    """A task's points (imported benchmarks: with the dataset's own ``split``)."""
     from pw_ray.config import PretrainSet
     from pw_ray.evaluate.tasks import points_from_csv
     from pw_ray.plan import label_points, plan_set
-    from pw_ray.splits import assign_splits
 
     lc = src.landcover  # callable: (lons, lats) → class names, sampled pixel by pixel
     if spec.kind in ("synthetic-landcover", "synthetic-population"):
         # A task's points: an equal mix of the six continents, its own seed.
         pset = PretrainSet(name=spec.name, region="global", size=spec.size, seed=spec.seed + 10_000)
-        pts = plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
-    elif spec.kind == "points":
-        pts = label_points(points_from_csv(spec.path, spec.name, spec.seed), src.biome_path, lc)
-    elif spec.kind in ("fmow", "geobench"):
+        return plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
+    if spec.kind == "points":
+        return label_points(points_from_csv(spec.path, spec.name, spec.seed, task_type=spec.task_type,
+                                            max_off_fraction=cfg.chips.max_failed_fraction),
+                            src.biome_path, lc)
+    if spec.kind in ("fmow", "geobench"):
         # Imported benchmarks: their own index, split and images; no STAC search.
         from pw_ray.evaluate.builders import plan_imported
-        from pw_ray.splits import block_of
 
-        pts = plan_imported(spec)
-        return pts.assign(block=block_of(pts["lon"], pts["lat"], cfg.block_m))
-    else:
-        raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {spec.name})")
+        return plan_imported(spec)
+    raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {spec.name})")
+
+
+def _task_splits(cfg: ExperimentConfig, spec, pts: pd.DataFrame) -> pd.DataFrame:
+    """``point_id, split, block`` of a task's points, decided at plan time (:mod:`pw_ray.splits`)."""
+    from pw_ray.splits import SPLIT_COLUMNS, assign_splits, block_of
+
+    if spec.split == "dataset":  # imported benchmarks keep theirs
+        return pts.assign(block=block_of(pts["lon"], pts["lat"], cfg.block_m))[SPLIT_COLUMNS]
     # Labels known now (points tasks) stratify a random split; synthetic labels come from pixels.
     labels = pts["label"].astype(str).to_numpy() if (
         spec.split == "random" and "label" in pts.columns and spec.task_type == "classification") else None
-    return assign_splits(pts, spec.split, spec.split_fractions, block_m=cfg.block_m,
-                         split_seed=cfg.plan.split_seed, seed=spec.seed, labels=labels)
+    return assign_splits(pts, spec.split, spec.split_fractions, block_m=cfg.block_m, split_seed=cfg.plan.split_seed,
+                         seed=spec.seed, labels=labels)[SPLIT_COLUMNS]
 
 
 def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
-    """Task points first (with their splits), then pretraining points away from the held-out ones."""
+    """Task points first, each with its split (``splits/<task>.parquet``), then every pretraining
+    set's points kept ``plan.exclusion_m`` from the held-out task points. A stored output is
+    reused only when its lineage matches (a changed size, seed, region, spacing, source, split
+    setting or held-out point plans it again)."""
     from pw_ray import leakage
     from pw_ray import splits as SP
     from pw_ray.plan import plan_set_away
@@ -153,86 +225,116 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
     if _skip(cfg, "plan", force):
         return
     t0 = time.perf_counter()
-    src = src or source(cfg)
-    record = leakage.read_record(cfg.root)
+    sources = [src]
+
+    def get_source() -> Source:  # built only when something is planned
+        sources[0] = sources[0] or source(cfg)
+        return sources[0]
+
     task_points = {}
     for spec in cfg.tasks:
-        uri = storage.join(cfg.root, "points", f"{spec.name}.parquet")
-        splits = leakage.split_inputs(cfg, spec)
-        if storage.exists(uri) and not force:
-            if record["tasks"].get(spec.name) == splits and storage.exists(SP.splits_uri(cfg.root, spec.name)):
-                log.info("plan %s: points exist, keeping them", spec.name)
-                pts = storage.read_table(uri).to_pandas().drop(columns=["split"], errors="ignore")
-                task_points[spec.name] = pts.merge(SP.read_splits(cfg.root, spec.name), on="point_id")
-                continue
-            log.info("plan %s: points exist but were split otherwise (or before splits moved to plan); "
-                     "planning them again", spec.name)
-        pts = _plan_task(cfg, spec, src)
-        # Imported datasets' points carry their own split column (ingest reads it); planned splits
-        # live in splits/<task>.parquet only, so a task's points table is a points table.
-        keep = [c for c in pts.columns if c != "block" and (c != "split" or spec.split == "dataset")]
-        storage.write_table(pa.Table.from_pandas(pts[keep], preserve_index=False), uri)
-        SP.write_splits(cfg.root, spec.name, pts)
-        record["tasks"][spec.name] = splits
-        leakage.write_record(cfg.root, record)
-        task_points[spec.name] = pts
-        log.info("plan %s: %d points (%s) → %s", spec.name, len(pts),
-                 ", ".join(f"{k}={v}" for k, v in pts["split"].value_counts().items()), uri)
+        name, uri = spec.name, points_uri(cfg, spec.name)
+        rec = points_record(cfg, "task", spec)
+        why = lineage.why_redo(lineage.of_parquet(uri), rec, force)
+        if why is None:
+            pts = storage.read_table(uri).to_pandas()
+            _say(f"plan {name}: points reused (inputs unchanged)")
+        else:
+            pts = _task_points(cfg, spec, get_source())
+            storage.write_table(lineage.attach(pa.Table.from_pandas(pts, preserve_index=False), rec), uri)
+            _say(f"plan {name}: {why} → {len(pts)} points planned")
+        srec = lineage.record({"points": rec["digest"], "split": SP.split_inputs(cfg, spec)})
+        why = lineage.why_redo(lineage.of_parquet(SP.splits_uri(cfg.root, name)), srec, force)
+        if why is None:
+            splits = SP.read_splits(cfg.root, name)
+        else:
+            splits = _task_splits(cfg, spec, pts)
+            SP.write_splits(cfg.root, name, splits, srec)
+            _say(f"plan {name}: {why} → splits " + ", ".join(f"{k} {v}" for k, v in splits["split"].value_counts().items()))
+        task_points[name] = pts.drop(columns=["split"], errors="ignore").merge(splits, on="point_id", validate="1:1")
 
     exclusion = cfg.exclusion_m
     held = leakage.held_out_points(task_points, cfg.plan.exclude_splits)
-    inputs = leakage.exclusion_inputs(exclusion, cfg.plan.exclude_splits, held)
+    away = leakage.exclusion_inputs(exclusion, cfg.plan.exclude_splits, held)
     if exclusion <= 0:
         log.warning("plan: exclusion is off (plan.exclusion_m = 0): pretraining points may lie on downstream "
                     "%s chips", "/".join(cfg.plan.exclude_splits))
+    record = leakage.read_record(cfg.root)
     for s in cfg.pretrain_sets:
-        uri = storage.join(cfg.root, "points", f"{s.name}.parquet")
-        if storage.exists(uri) and not force and leakage.record_matches(record["sets"].get(s.name), inputs):
-            log.info("plan %s: points exist, keeping them", s.name)
+        uri = points_uri(cfg, s.name)
+        rec = points_record(cfg, "pretrain", s, exclusion=away)
+        why = lineage.why_redo(lineage.of_parquet(uri), rec, force)
+        if why is None:
+            _say(f"plan {s.name}: points reused (inputs unchanged)")
             continue
-        planned = plan_set_away(s, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path,
-                                landcover=src.landcover, held_out=held, exclusion_m=exclusion)
-        storage.write_table(pa.Table.from_pandas(planned.points, preserve_index=False), uri)
-        record["sets"][s.name] = {**inputs, "replaced": int(sum(planned.replaced.values())),
+        src_ = get_source()
+        planned = plan_set_away(s, src_.coverage, cfg.chips.min_spacing_m, biome_path=src_.biome_path,
+                                landcover=src_.landcover, held_out=held, exclusion_m=exclusion)
+        storage.write_table(lineage.attach(pa.Table.from_pandas(planned.points, preserve_index=False), rec), uri)
+        record["sets"][s.name] = {**away, "replaced": int(sum(planned.replaced.values())),
                                   "replaced_by_region": planned.replaced}
         leakage.write_record(cfg.root, record)
-        away = (f"{record['sets'][s.name]['replaced']} candidates within {exclusion:.0f} m of {len(held)} "
-                f"held-out task points replaced" if exclusion > 0 else "exclusion off")
-        print(f"plan {s.name}: {len(planned.points)} points, {away}", flush=True)
+        done = (f"{record['sets'][s.name]['replaced']} candidates within {exclusion:.0f} m of {len(held)} held-out "
+                f"task points replaced" if exclusion > 0 else "exclusion off")
+        _say(f"plan {s.name}: {why} → {len(planned.points)} points planned, {done}")
+        log.info("plan %s: %d points → %s", s.name, len(planned.points), uri)
     _mark(cfg, "plan", t0)
 
 
-def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+def _say(line: str) -> None:
+    """A progress line for the user (stdout) and the log."""
+    print(line, flush=True)
+    log.debug(line)
+
+
+def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None, retry_failed: bool = False) -> None:
+    """Index, shards and manifest of every set (each reusing what its lineage allows), then task
+    tables (with the splits plan decided) and the pretraining sets' dataset cards. Exits non-zero,
+    naming the sets and their commonest reasons, when a set failed more than
+    ``chips.max_failed_fraction`` of its chips or produced none; the stage is then not marked
+    done and the next run retries."""
     from pw_ray.cards import write_dataset_card
     from pw_ray.evaluate import tasks as T
     from pw_ray.ingest import shards as S
+    from pw_ray.ingest.failures import FailureBudgetExceeded
     from pw_ray.ingest.pipeline import run_ingest
     from pw_ray.splits import read_splits
 
-    if _skip(cfg, "ingest", force):
+    if not retry_failed and _skip(cfg, "ingest", force):
         return
     t0 = time.perf_counter()
     src = src or source(cfg)
-    summaries = {}
+    summaries, over_budget = {}, []
     for name, kind, spec in _point_sets(cfg):
-        pts = storage.read_table(storage.join(cfg.root, "points", f"{name}.parquet")).to_pandas()
+        pts = storage.read_table(points_uri(cfg, name)).to_pandas()
         if kind == "task" and spec.kind in ("fmow", "geobench"):
             # Imported benchmarks: chips straight from their images, their own split kept.
             from pw_ray.evaluate.builders import ingest_imported
 
             s = ingest_imported(cfg.root, spec, pts.merge(read_splits(cfg.root, name)[["point_id", "block"]],
-                                                          on="point_id", how="left"), cfg.chips)
-            summaries[name] = s.__dict__
-            print(f"ingest {s.line()}", flush=True)
-            continue
-        s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover)
+                                                          on="point_id", how="left", validate="1:1"),
+                                cfg.chips, force=force, retry_failed=retry_failed)
+        else:
+            s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover,
+                           force=force, retry_failed=retry_failed)
         summaries[name] = s.__dict__
-        print(f"ingest {s.line()}", flush=True)
+        for line in s.reuse_lines():
+            _say(f"ingest {line}")
+        _say(f"ingest {s.line()}")
+        if err := s.budget_error(cfg.chips.max_failed_fraction):
+            over_budget.append(err)
+            continue
         if kind == "pretrain":
             write_dataset_card(cfg, name, config_digest=_digest(cfg))  # diversity: filled in by analyze
-        if kind == "task":
-            meta = S.read_set(cfg.root, name, columns=[c for c in S.META_COLUMNS]).to_pandas()
+        if kind == "task" and spec.kind not in ("fmow", "geobench"):
+            meta = S.read_set(cfg.root, name, columns=list(S.META_COLUMNS)).to_pandas()
+            if spec.kind == "points":  # the user's labels, by point (every season's chip gets its point's)
+                meta = meta.merge(pts[["point_id", "label"]], on="point_id", how="left", validate="many_to_one")
             T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names, splits=read_splits(cfg.root, name)))
+    if over_budget:
+        raise FailureBudgetExceeded("ingest over its failure budget (the stage is not marked done; rerun "
+                                    "to retry transient failures, --retry-failed for permanent ones):\n  "
+                                    + "\n  ".join(over_budget))
     _mark(cfg, "ingest", t0, summaries=summaries)
 
 
@@ -301,16 +403,17 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
     for s in cfg.pretrain_sets:
         files = S.shard_files(cfg.root, s.name)
         if files:
-            t = storage.read_table(files[0])
+            t = S.read_shard(files[0], s.name)
             sample.append(D.sample_pixels(S.read_pixels(t)[:32], per_chip=64, seed=0))
     codebook = D.fit_codebook(np.concatenate(sample), a.spectral_clusters, seed=0) if sample else None
     rows = []
     for s in cfg.pretrain_sets:
         acc = D.DiversityAccumulator(a.spectral_bins, codebook)
         files = S.shard_files(cfg.root, s.name)
-        fs, first = storage.filesystem(files[0])
-        # The footer holds the chip shape: no need to read a whole shard's pixels for it.
-        shape = json.loads(pq.read_schema(first, filesystem=fs).metadata[b"pw_ray.shape"])
+        fs, _ = storage.filesystem(files[0])
+        # The footers hold the chip shape (no need to read a shard's pixels for it), and reading
+        # them all first names an unreadable shard before Ray Data streams the set.
+        shape = S.footer_shape(S.shard_footers(files, s.name)[0])
         ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs).select_columns(
             ["pixels", "region", "biome", "landcover"])
         for batch in ds.iter_batches(batch_size=128, batch_format="pyarrow"):  # streams: never the whole set
@@ -375,7 +478,7 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
     for s in cfg.pretrain_sets:
         files = S.shard_files(cfg.root, s.name)
         if files and len(rgb) == 3:
-            chips_by_set[s.name] = S.read_pixels(storage.read_table(files[0]))[:6][:, rgb]
+            chips_by_set[s.name] = S.read_pixels(S.read_shard(files[0], s.name))[:6][:, rgb]
         m = storage.read_table(storage.join(cfg.root, "manifest", f"{s.name}.parquet")).to_pandas()
         c = m["status"].value_counts()
         counts.append({"pretrain_set": s.name, **{k: int(c.get(k, 0)) for k in ("ok", "skipped", "failed")}})
@@ -386,27 +489,35 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
         from pw_ray.analyze.external import parse_external_sets
 
         external = parse_external_sets(res("external_sets.parquet"), origin=cfg.analysis.external_sets)
-    local_out = storage.to_local_dir(out)  # report rendering needs a local folder
-    path = write_report(
-        local_out, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
+    render = functools.partial(
+        write_report, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
         correlations=res("correlations.parquet"), points=points, chips_by_set=chips_by_set,
         manifest_counts=pd.DataFrame(counts).set_index("pretrain_set"),
         leakage=leakage.read_audit(cfg.root), exclusion_m=cfg.exclusion_m,
         continents_path=str(pkg_files("pw_ray") / "data" / "continents.geojson"),
         title=f"Pretrain where? — {cfg.name}",
     )
+    if storage.is_remote(out):  # rendering needs a local folder: render in a temp one, upload every file
+        with tempfile.TemporaryDirectory(prefix="pwray-report-") as local_out:
+            path = render(local_out)
+            uploaded = storage.upload_dir(local_out, out)
+        path = storage.join(out, path.relative_to(local_out).as_posix())
+        log.info("report: %d files uploaded to %s", len(uploaded), out)
+    else:
+        path = str(render(storage.to_local_dir(out)))
     _mark(cfg, "report", t0)
-    return str(path)
+    return path
 
 
-def run_all(cfg: ExperimentConfig, force: bool = False, stop_after: str | None = None) -> str | None:
+def run_all(cfg: ExperimentConfig, force: bool = False, stop_after: str | None = None,
+            retry_failed: bool = False) -> str | None:
     storage.makedirs(cfg.root)
     storage.write_text(storage.join(cfg.root, "config.yaml"), dump_config(cfg))
     src = None
-    if not (stage_done(cfg, "plan") and stage_done(cfg, "ingest")) or force:
+    if not (stage_done(cfg, "plan") and stage_done(cfg, "ingest")) or force or retry_failed:
         src = source(cfg)
     plan(cfg, force, src)
-    ingest(cfg, force, src)
+    ingest(cfg, force, src, retry_failed=retry_failed)
     if stop_after == "ingest":
         return None
     pretrain(cfg, force)

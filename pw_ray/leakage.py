@@ -8,10 +8,10 @@ downstream test chip lets an encoder memorise the place it is tested on. Two pie
   optionally val) of every task, whatever its kind, become a keep-out set, and every pretraining
   point is drawn more than ``plan.exclusion_m`` metres (great circle) from all of them
   (:func:`pw_ray.plan.sample_away`: closer candidates are replaced by the next ones of the same
-  continent's stream, so sets keep their size and region weights). What was done — distance,
-  held-out points and their digest, candidates replaced per set, and each task's split settings —
-  is recorded in ``points/_plan.json`` (:func:`record_uri`), and a kept points file is
-  reused only when its record matches the current inputs.
+  continent's stream, so sets keep their size and region weights). The distance and the digest
+  of the held-out points are part of each set's points lineage (:mod:`pw_ray.lineage`), so new
+  test points or another distance plan the sets again; what was done — candidates replaced per
+  set — is recorded in ``points/_plan.json`` (:func:`record_uri`) for the cards and the report.
 * **Audit at analyze time** (:func:`audit`): per (pretraining set, task, held-out split), the
   distances from the task's held-out chips to their nearest pretraining chip — minimum, 1st
   percentile, median — and how many chips lie within the distance on either side. With
@@ -81,33 +81,20 @@ def held_out_digest(held: pd.DataFrame) -> str:
 
 
 def exclusion_inputs(exclusion_m: float, exclude_splits: Sequence[str], held: pd.DataFrame) -> dict:
-    """What a pretraining set's points depend on beyond their own spec: compared on reuse."""
+    """What a pretraining set's points depend on beyond their own spec (part of their lineage)."""
     return {"exclusion_m": round(float(exclusion_m), 6), "exclude_splits": list(exclude_splits),
             "held_out_points": int(len(held)), "held_out_digest": held_out_digest(held)}
 
 
-def split_inputs(cfg, spec) -> dict:
-    """What a task's planned splits depend on beyond its points: compared on reuse."""
-    out = {"split": spec.split, "split_fractions": [float(f) for f in spec.split_fractions], "seed": spec.seed}
-    if spec.split == "spatial":
-        out.update(block_m=round(float(cfg.block_m), 6), split_seed=cfg.plan.split_seed)
-    return out
-
-
 def read_record(root: str) -> dict:
-    """The plan record (``{"sets": {name: {...}}, "tasks": {name: {...}}}``); empty before plan wrote one."""
+    """What the exclusion did per set (``{"sets": {name: {...}}}``); empty before plan wrote it."""
     uri = record_uri(root)
     record = json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
-    return {"sets": {}, "tasks": {}, **record}
+    return {"sets": {}, **record}
 
 
 def write_record(root: str, record: dict) -> None:
     storage.write_text(record_uri(root), json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def record_matches(entry: dict | None, inputs: dict) -> bool:
-    """Whether a set's recorded exclusion inputs equal ``inputs`` (a kept points file is valid)."""
-    return entry is not None and all(entry.get(k) == v for k, v in inputs.items())
 
 
 # ----------------------------------------------------------------------------- distances

@@ -136,14 +136,26 @@ def splits_uri(root: str, task: str) -> str:
     return storage.join(root, "splits", f"{task}.parquet")
 
 
-def write_splits(root: str, task: str, points: pd.DataFrame) -> None:
-    """``splits/<task>.parquet``: ``point_id, split, block`` of planned task points (atomic)."""
+def split_inputs(cfg, spec) -> dict:
+    """What a task's splits depend on besides its points (their lineage record's ``split``)."""
+    out = {"split": spec.split, "split_fractions": [float(f) for f in spec.split_fractions], "seed": spec.seed,
+           "block_m": round(float(cfg.block_m), 6)}
+    if spec.split == "spatial":
+        out["split_seed"] = cfg.plan.split_seed
+    return out
+
+
+def write_splits(root: str, task: str, splits: pd.DataFrame, rec: dict | None = None) -> None:
+    """``splits/<task>.parquet``: ``point_id, split, block`` of a task's points, with the lineage
+    record ``rec`` in its footer (:mod:`pw_ray.lineage`); atomic."""
     import pyarrow as pa
 
-    table = pa.table({"point_id": pa.array(points["point_id"].astype(str), pa.string()),
-                      "split": pa.array(points["split"].astype(str), pa.string()),
-                      "block": pa.array(points["block"].astype(str), pa.string())})
-    storage.write_table(table, splits_uri(root, task))
+    from pw_ray import lineage
+
+    table = pa.table({"point_id": pa.array(splits["point_id"].astype(str), pa.string()),
+                      "split": pa.array(splits["split"].astype(str), pa.string()),
+                      "block": pa.array(splits["block"].astype(str), pa.string())})
+    storage.write_table(lineage.attach(table, rec) if rec is not None else table, splits_uri(root, task))
 
 
 def read_splits(root: str, task: str) -> pd.DataFrame:

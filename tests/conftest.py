@@ -65,3 +65,31 @@ def tiny_run(ray_session, tmp_path_factory):
     cfg = parse_config(dict(TINY_CONFIG, root=str(root)))
     report = E.run_all(cfg)
     return cfg, report
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 API server on loopback for the whole session (``tests/s3server.py``); stopped by PID."""
+    from tests.s3server import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_root(s3_server, monkeypatch, request):
+    """A fresh bucket on the session's S3 server, with this process's AWS settings pointing at it.
+
+    Returns ``s3://<bucket>/root``. Only this process sees the settings: Ray workers of the session's
+    Ray do not (tests that run Ray on S3 start a process of their own with ``s3_server.env()``).
+    """
+    import re
+    import uuid
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = s3_server.create_bucket(f"{name}-{uuid.uuid4().hex[:8]}")
+    return f"{bucket}/root"

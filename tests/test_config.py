@@ -85,3 +85,26 @@ def test_chip_size_must_be_multiple_of_patch():
 def test_api_source_requires_url():
     with pytest.raises(ConfigError, match="stac.url is required"):
         parse_config(_with(stac={"kind": "api"}))
+
+
+def test_bands_l2a_lacks_are_refused_with_the_allowed_list():
+    with pytest.raises(ConfigError) as e:
+        parse_config(_with(chips={"bands": ["B02", "B03", "B10", "B11"]}))
+    msg = str(e.value)
+    assert "chips.bands" in msg and "'B10'" in msg
+    assert "allowed: B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12" in msg
+
+
+def test_layer_decay_is_an_evaluation_option():
+    assert parse_config(_with()).evaluation.layer_decay is None
+    assert parse_config(_with(evaluation={"layer_decay": 0.75})).evaluation.layer_decay == 0.75
+    with pytest.raises(ConfigError, match=r"evaluation\.layer_decay: Input should be less than or equal to 1"):
+        parse_config(_with(evaluation={"layer_decay": 1.5}))
+
+
+def test_train_fraction_and_seeds_are_checked():
+    assert parse_config(_with()).evaluation.train_fraction == 1.0
+    with pytest.raises(ConfigError, match=r"evaluation\.train_fraction"):
+        parse_config(_with(evaluation={"train_fraction": 0}))
+    with pytest.raises(ConfigError, match=r"evaluation\.seeds"):
+        parse_config(_with(evaluation={"seeds": []}))

@@ -8,8 +8,12 @@ Conventions:
   0-based *dense* rank of its mean score **rounded to 2 decimals** (best = 0, equal
   displayed values share a rank, the next value gets the next integer), and ``rank`` is the
   mean of these over tasks. Rounding first reproduces the paper's rank column from its
-  displayed numbers (e.g. North America, 0.32 / 0.22 / 0.36 / 0.49, is second on every task
-  → 1.00; South America, 2 + 2 + 1 + 1 → 1.50). All scores are higher-is-better.
+  displayed numbers for the seven pretraining sets (e.g. North America, 0.32 / 0.22 / 0.36 /
+  0.49, is second on every task → 1.00; South America, 2 + 2 + 1 + 1 → 1.50), but not for
+  zero pretraining: its 0.12 / 0.03 / 0.30 / 0.46 rank 5 + 6 + 5 + 3 → 4.75, where the paper
+  prints 5.25 (= 21 / 4; its GEO-Bench 0.46 ties Global's for rank 3). Competition ranking
+  ("1224") does not give 5.25 either and breaks the seven (Asia 2.50 instead of 2.00).
+  All scores are higher-is-better.
   ``region_ranks`` gives the same rank column for every task region.
 - External sets enter as ``extra`` rows shaped like ``summarise``'s output; they are ranked
   with the measured sets. ``correlation_table`` correlates over all sets and, when some are

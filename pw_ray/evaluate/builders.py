@@ -9,7 +9,7 @@ Both builders work in the two steps every task takes:
 * **ingest** (:func:`ingest_imported`) reads the pixels, maps the dataset's bands **by name**
   onto ``chips.bands``, centre-crops each image to a square and resamples it to
   ``chips.size_px`` (``chips.resampling``), and writes the same shard format as every other set
-  (``shards/<task>/region=<r>/*.parquet`` + WebDataset), ``manifest/<task>.parquet`` and
+  (``shards/<task>/parquet/<r>/*.parquet`` + WebDataset), ``manifest/<task>.parquet`` and
   ``tasks/<task>.parquet`` with the dataset's split. No STAC search is involved.
 
 **fMoW-Sentinel** (``kind: fmow``, ``path``: the folder holding ``train.csv``, ``val.csv`` and
@@ -312,82 +312,98 @@ def read_chip(point: dict, kind: str, spec: ChipSpec) -> tuple[np.ndarray, dict]
                     "nodata_fraction": float((pixels == 0).all(axis=0).mean())}
 
 
-def write_chunk(points: list[dict], root: str, name: str, kind: str, region: str, chunk: int,
-                spec: ChipSpec) -> dict:
-    """Read one chunk's images and write its Parquet shard (+ WebDataset). Idempotent."""
-    from pw_ray.ingest import shards as S
+def _image_reader(kind: str, spec: ChipSpec, name: str):
+    """The chunk writer's group reader for imported images: one image per group."""
 
-    pq_uri = S.parquet_uri(root, name, region, chunk)
-    tar_uri = S.wds_uri(root, name, region, chunk)
-    if storage.exists(pq_uri) and (not spec.webdataset or storage.exists(tar_uri)):
-        ids = storage.read_table(pq_uri, columns=["chip_id"]).column("chip_id").to_pylist()
-        return {"written": False, "ok": json.dumps(ids), "failed": "[]"}
-    metas, arrays, failed = [], [], []
-    for p in points:
-        try:
+    def read_image(grp: pd.DataFrame, sw) -> tuple[np.ndarray, list[dict]]:
+        p = grp.iloc[0].to_dict()
+        with sw("read"):
             px, extra = read_chip(p, kind, spec)
-        except Exception as err:  # a bad image costs that image, never the job
-            failed.append((p["point_id"], f"{type(err).__name__}: {err}"))
-            continue
-        arrays.append(px)
-        metas.append(dict(
+        meta = dict(
             chip_id=p["point_id"], set=name, point_id=p["point_id"], lon=float(p["lon"]), lat=float(p["lat"]),
-            region=region, biome=p["biome"], landcover=p["landcover"], lc_fractions=[],
+            region=p["region"], biome=p["biome"], landcover=p["landcover"], lc_fractions=[],
             item_id=p["image"].rsplit("/", 1)[-1], collection="fmow-sentinel" if kind == "fmow" else "geobench",
             datetime=str(p.get("datetime") or ""), epsg=int(p["epsg"]), row_off=extra["row_off"],
             col_off=extra["col_off"], cloud_fraction=float("nan"), nodata_fraction=extra["nodata_fraction"],
             baseline="", offset_applied=0,
-        ))
-    if metas:
-        table = S.chips_table(metas, np.stack(arrays), list(spec.bands))
-        if spec.webdataset:
-            S.write_wds_shard(table, tar_uri)
-        S.write_parquet_shard(table, pq_uri)  # last: its presence marks the chunk done
-    return {"written": True, "ok": json.dumps([m["chip_id"] for m in metas]), "failed": json.dumps(failed)}
+        )
+        return px[None], [meta]
+
+    return read_image
 
 
-def ingest_imported(root: str, task: TaskSpec, points: pd.DataFrame, spec: ChipSpec) -> IngestSummary:
+def write_chunk(points: pd.DataFrame, root: str, name: str, kind: str, region: str, chunk: int,
+                spec: ChipSpec, force: bool = False, retry_failed: bool = False) -> dict:
+    """Read one chunk's images and write (or reuse) its Parquet shard (+ WebDataset) with the
+    one chunk writer, :func:`pw_ray.ingest.chunks.write_chunk`."""
+    from pw_ray.ingest.chunks import write_chunk as write_any_chunk
+
+    rows = points.assign(chip_id=points["point_id"])
+    return write_any_chunk(rows, "chip_id", _image_reader(kind, spec, name), root=root, set_name=name,
+                           region=region, chunk=chunk, spec=spec, context={"reader": f"imported-{kind}"},
+                           force=force, retry_failed=retry_failed)
+
+
+def ingest_imported(root: str, task: TaskSpec, points: pd.DataFrame, spec: ChipSpec, force: bool = False,
+                    retry_failed: bool = False) -> IngestSummary:
     """Shards, manifest and task table of an imported task (Ray Data over chunks; resumable)."""
+    import pickle
+
     import ray
 
     from pw_ray.evaluate import tasks as T
+    from pw_ray.ingest.chunks import remove_stale
+    from pw_ray.ingest.pipeline import build_manifest, summarise
+    from pw_ray.ingest import shards as S
 
+    if n_moved := S.adopt_legacy_layout(root, task.name):
+        log.info("task %s: moved %d shards of the older region=<r>/ layout into parquet/<r>/", task.name, n_moved)
     pts = points.sort_values(["region", "point_id"]).reset_index(drop=True)
     pts["chunk"] = pts.groupby("region").cumcount() // spec.chunk_size
-    chunks = {(r, int(k)): g.drop(columns=["chunk"]).to_dict("records")
-              for (r, k), g in pts.groupby(["region", "chunk"], sort=True)}
-    jobs = [{"region": r, "chunk": k} for r, k in chunks]
+    jobs = [{"region": r, "chunk": int(k), "rows": pickle.dumps(g.drop(columns=["chunk"]), protocol=5)}
+            for (r, k), g in pts.groupby(["region", "chunk"], sort=True)]
     results = []
     if jobs:
         def _do(job: dict) -> dict:
-            return write_chunk(chunks[(job["region"], job["chunk"])], root, task.name, task.kind,
-                               job["region"], job["chunk"], spec)
+            return write_chunk(pickle.loads(job["rows"]), root, task.name, task.kind, job["region"], job["chunk"],
+                               spec, force, retry_failed)
 
         n_cpu = max(1, int(ray.cluster_resources().get("CPU", 1)))
         ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
         results = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=n_cpu), num_cpus=1).take_all()
-    ok = {cid for r in results for cid in json.loads(r["ok"])}
-    failed = {pid: why for r in results for pid, why in json.loads(r["failed"])}
-    manifest = pts[["point_id", "set", "lon", "lat", "region"]].copy()
-    manifest["status"] = ["ok" if p in ok else "failed" for p in manifest["point_id"]]
-    manifest["reason"] = [failed.get(p, "" if p in ok else "not written") for p in manifest["point_id"]]
-    manifest["item_id"] = pts["image"].map(lambda h: h.rsplit("/", 1)[-1])
-    manifest["shard"] = (pts["region"] + "/" + pts["chunk"].astype(str)).where(manifest["status"] == "ok")
+    stale = remove_stale(root, task.name, {(j["region"], j["chunk"]) for j in jobs}, spec.webdataset)
+    index = pts.assign(chip_id=pts["point_id"], status="ok", reason="", failure="",
+                       item_id=pts["image"].map(lambda h: h.rsplit("/", 1)[-1]))
+    manifest = build_manifest(index, index, results)
     storage.write_table(pa.Table.from_pandas(manifest, preserve_index=False),
                         storage.join(root, "manifest", f"{task.name}.parquet"))
+    ok = set(manifest.loc[manifest["status"] == "ok", "chip_id"])
     kept = pts[pts["point_id"].isin(ok)]
     table = pd.DataFrame({"chip_id": kept["point_id"].to_numpy(), "region": kept["region"].to_numpy(),
                           "label": kept["label"].astype(str).to_numpy(), "split": kept["split"].to_numpy(),
                           "block": kept["block"].to_numpy() if "block" in kept.columns else None,
                           "task_type": task.task_type}).sort_values("chip_id").reset_index(drop=True)
     T.write_task(root, task, table)
-    if failed:
-        log.warning("task %s: %d images could not be read (first: %s)", task.name, len(failed),
-                    next(iter(failed.items())))
-    summary = IngestSummary(task.name, len(pts), len(ok), 0, len(pts) - len(ok),
-                            sum(1 for r in results if r["written"]), sum(1 for r in results if not r["written"]))
+    summary = summarise(task.name, manifest, results)
+    summary.stale_removed = len(stale)
+    if summary.failed:
+        log.warning("task %s: %d images could not be read (most common: %s)", task.name, summary.failed,
+                    summary.top_failures[:1])
     log.info("ingest %s", summary.line())
     return summary
+
+
+def dataset_fingerprint(spec: TaskSpec) -> str:
+    """Digest of an imported dataset's index files (fMoW's split CSVs, GEO-Bench's partition): what
+    decides which images a plan takes. The images themselves are not hashed (10⁵ files)."""
+    from pw_ray import lineage
+
+    if spec.kind == "fmow":
+        uris = sorted(_fmow_split_files(spec.path).values())
+    else:
+        uris = [storage.join(spec.path, "default_partition.json")]
+    return lineage.digest([(u.rsplit("/", 1)[-1], lineage.bytes_digest(storage.read_bytes(u)))
+                           for u in uris if storage.exists(u)])
 
 
 def plan_imported(spec: TaskSpec) -> pd.DataFrame:

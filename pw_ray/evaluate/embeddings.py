@@ -5,10 +5,10 @@ float32, the mean of the encoder's patch tokens after its final norm, on chips n
 exactly as in pretraining). kNN and linear-probe cells read these instead of running the
 encoder again.
 
-The cache is keyed by the checkpoint, not only by the set's name: the file's schema metadata
-``pw_ray.encoder_sha256`` holds the digest of the ``encoder.pt`` it was computed with, and a
-re-exported encoder (a set pretrained again with ``--force``) makes the entry stale, so it is
-recomputed instead of silently reused.
+The cache is keyed by what made it, not by the set's name: the file's lineage records the digest
+of the ``encoder.pt`` it was computed with and the task's digest (its chips and labels), so a
+re-exported encoder or a re-ingested task makes the entry stale and it is recomputed instead of
+silently reused (``pw_ray.encoder_sha256`` in the schema metadata names the checkpoint).
 """
 
 from __future__ import annotations
@@ -90,26 +90,37 @@ def embed_task(root: str, set_name: str, task: str, batch_size: int = 64) -> tup
     return table.column("chip_id").to_numpy(zero_copy_only=False), emb
 
 
-def compute_embeddings(root: str, set_name: str, task: str, batch_size: int = 64) -> str:
-    """Embed every chip of a task with one set's encoder, unless the cache holds this checkpoint's.
+def embeddings_record(root: str, set_name: str, task: str) -> dict:
+    """The lineage of a cache entry: the checkpoint (``encoder.pt``'s digest) and the task's
+    chips and labels (:func:`pw_ray.evaluate.tasks.task_digest`)."""
+    from pw_ray import lineage
+    from pw_ray.evaluate.tasks import task_digest
 
-    Returns the cache URI. An entry computed with another ``encoder.pt`` (or without a digest)
-    is recomputed and replaced atomically.
+    return lineage.record({"encoder_sha256": encoder_digest(root, set_name), "task": task_digest(root, task)})
+
+
+def compute_embeddings(root: str, set_name: str, task: str, batch_size: int = 64) -> str:
+    """Embed every chip of a task with one set's encoder, unless the cache holds exactly these.
+
+    Returns the cache URI. An entry computed with another ``encoder.pt`` or for other task chips
+    (a re-ingested task), or written before lineage existed, is recomputed and replaced atomically.
     """
+    from pw_ray import lineage
+
     uri = embeddings_uri(root, set_name, task)
-    digest = encoder_digest(root, set_name)
-    have = cached_digest(root, set_name, task)
-    if have == digest:
+    rec = embeddings_record(root, set_name, task)
+    why = lineage.why_redo(lineage.of_parquet(uri), rec)
+    if why is None:
         return uri
-    if have is not None or storage.exists(uri):
-        log.info("embeddings %s/%s were computed with another checkpoint (%s, now %s): recomputing",
-                 set_name, task, have, digest)
+    if storage.exists(uri):
+        log.info("embeddings %s/%s: %s → recomputing", set_name, task, why)
+    digest = rec["inputs"]["encoder_sha256"]
     ids, emb = embed_task(root, set_name, task, batch_size)
     out = pa.table({
         "chip_id": pa.array(ids, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]),
     }).replace_schema_metadata({DIGEST_KEY: digest.encode()})
-    storage.write_table(out, uri)
+    storage.write_table(lineage.attach(out, rec), uri)
     log.info("embedded %d chips of %s with %s (encoder %s) → %s", len(emb), task, set_name, digest, uri)
     return uri
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from ray.tune import Callback
 
@@ -46,9 +47,12 @@ def progress_line(done: int, total: int, finished_here: int, elapsed_s: float, r
 class GridProgress(Callback):
     """Logs ``cells done/total, ETA`` after every finished trial (driver side, ``pw_ray`` logger)."""
 
-    def __init__(self, root: str, cell_ids: list[str]):
+    def __init__(self, root: str, cell_ids: list[str], cell_name: Callable[[dict], str]):
+        """``cell_ids``: the grid's cells by name; ``cell_name``: a trial's ``config["cell"]`` → that name
+        (the grid's naming stays in ``grid.py``; a module-level function, so Tune can pickle it)."""
         self.root = root
         self.cell_ids = list(cell_ids)
+        self.cell_name = cell_name
         self._reset()
 
     def _reset(self) -> None:
@@ -69,9 +73,7 @@ class GridProgress(Callback):
         log.info("evaluate: %s", progress_line(len(self.done_ids), len(self.cell_ids), 0, 0.0, self.reused))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        from pw_ray.evaluate.grid import cell_id
-
-        cell = cell_id(trial.config["cell"])
+        cell = self.cell_name(trial.config["cell"])
         result = trial.last_result or {}
         if cell not in self.done_ids:
             self.done_ids.add(cell)
@@ -83,7 +85,5 @@ class GridProgress(Callback):
                                                  time.monotonic() - self.t0, self.reused), last)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        from pw_ray.evaluate.grid import cell_id
-
         log.warning("evaluate: cell %s failed (Tune retries it up to its failure limit; a rerun of "
-                    "`pw-ray evaluate` resumes it)", cell_id(trial.config["cell"]))
+                    "`pw-ray evaluate` resumes it)", self.cell_name(trial.config["cell"]))

@@ -113,10 +113,34 @@ def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str],
     return df.sort_values("chip_id").reset_index(drop=True)
 
 
+def task_record(root: str, name: str, table: pd.DataFrame) -> dict:
+    """The lineage of a task table: its labels and splits, and the chunks its chips are in (the
+    lineage digests of the task's shards), so embeddings and cells know when the task changed."""
+    from pw_ray import lineage
+    from pw_ray.ingest import shards as S
+    from pw_ray.ingest.chunks import frame_digest
+
+    chunks = sorted((lineage.of_parquet(u) or {}).get("digest", "") for u in S.shard_files(root, name))
+    return lineage.record({"labels": frame_digest(table), "chunks": lineage.digest(chunks)})
+
+
 def write_task(root: str, spec: TaskSpec, table: pd.DataFrame) -> None:
+    """``tasks/<task>.parquet`` with its lineage (:func:`task_record`)."""
+    from pw_ray import lineage
+
     if spec.task_type == "classification":
         table = table.assign(label=table["label"].astype(str))
-    storage.write_table(pa.Table.from_pandas(table, preserve_index=False), task_uri(root, spec.name))
+    out = lineage.attach(pa.Table.from_pandas(table, preserve_index=False), task_record(root, spec.name, table))
+    storage.write_table(out, task_uri(root, spec.name))
+
+
+def task_digest(root: str, task: str) -> str:
+    """The lineage digest of a stored task table (from its footer); a table written before
+    lineage existed is identified by its bytes."""
+    from pw_ray import lineage
+
+    rec = lineage.of_parquet(task_uri(root, task))
+    return rec["digest"] if rec else lineage.bytes_digest(storage.read_bytes(task_uri(root, task)))
 
 
 def read_task(root: str, task: str) -> pd.DataFrame:
@@ -132,8 +156,43 @@ def region_subset(table: pd.DataFrame, region: str) -> pd.DataFrame:
     return table[table["region"] == region]
 
 
-def points_from_csv(uri: str, name: str, seed: int) -> pd.DataFrame:
-    """Labelled points (CSV or Parquet of lon, lat, label — the MOSAIKS shape) → plan rows."""
+def train_subsample(table: pd.DataFrame, fraction: float, seed: int, task_type: str) -> pd.DataFrame:
+    """``table`` with its training split thinned to ``fraction`` (``evaluation.train_fraction``);
+    val and test rows untouched, so every seed is scored on the same chips.
+
+    A seeded draw (``seed``: the evaluation seed) over the training rows in ``chip_id`` order:
+    per label for classification, each class keeping ``max(1, round(m·fraction))`` of its ``m``
+    chips (no class vanishes from a few-shot split); ``max(1, round(n·fraction))`` of all ``n``
+    for regression. ``fraction`` 1 returns ``table`` itself.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return table
+    train = table[table["split"] == "train"].sort_values("chip_id", kind="stable")
+    rng = np.random.default_rng(seed)
+    groups = [g for _, g in train.groupby("label", sort=True)] if task_type == "classification" else [train]
+    keep = [g.index[rng.permutation(len(g))[:max(1, int(round(len(g) * fraction)))]] for g in groups if len(g)]
+    kept = set(np.concatenate(keep).tolist()) if keep else set()
+    return table[(table["split"] != "train") | table.index.isin(kept)]
+
+
+def _line_numbers(mask: np.ndarray, limit: int = 5) -> str:
+    """CSV line numbers (header = line 1) of the rows where ``mask`` holds, at most ``limit``."""
+    rows = np.flatnonzero(mask)
+    shown = ", ".join(str(r + 2) for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def points_from_csv(uri: str, name: str, seed: int, task_type: str = "classification",
+                    max_off_fraction: float = 0.05) -> pd.DataFrame:
+    """Labelled points (CSV or Parquet of lon, lat, label — the MOSAIKS shape) → plan rows.
+
+    Every problem names the file and the lines: an empty file, a header without rows, missing
+    columns, coordinates that are not numbers or out of range, missing labels, non-numeric
+    labels for a regression task. Points on no continent (the ocean, Antarctica) are dropped
+    with a warning that names them; more than ``max_off_fraction`` of them is an error.
+    """
     from pw_ray.regions import regions_of
 
     if uri.endswith(".parquet"):
@@ -141,16 +200,51 @@ def points_from_csv(uri: str, name: str, seed: int) -> pd.DataFrame:
     else:
         import io
 
-        df = pd.read_csv(io.StringIO(storage.read_text(uri)))
+        try:
+            df = pd.read_csv(io.StringIO(storage.read_text(uri)))
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"labelled points {uri} is empty; it needs a header 'lon,lat,label' and one row "
+                             f"per point") from None
+        except pd.errors.ParserError as err:
+            raise ValueError(f"labelled points {uri} is not a readable CSV: {err}") from None
     missing = {"lon", "lat", "label"} - set(df.columns)
     if missing:
-        raise ValueError(f"labelled points {uri} lack columns {sorted(missing)}; need lon, lat, label")
+        raise ValueError(f"labelled points {uri} lack columns {sorted(missing)}; need lon, lat, label "
+                         f"(found: {', '.join(map(str, df.columns))})")
+    if df.empty:
+        raise ValueError(f"labelled points {uri} has a header but no rows")
     df = df.reset_index(drop=True)
+    for col, bound in (("lon", 180.0), ("lat", 90.0)):
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna().to_numpy()
+        if bad.any():
+            raise ValueError(f"labelled points {uri}: {col} is not a number on line(s) {_line_numbers(bad)} "
+                             f"(first value: {df[col][bad].iloc[0]!r})")
+        out = (num.abs() > bound).to_numpy()
+        if out.any():
+            raise ValueError(f"labelled points {uri}: {col} outside [-{bound:g}, {bound:g}] on line(s) "
+                             f"{_line_numbers(out)}")
+        df[col] = num.astype(float)
+    no_label = df["label"].isna().to_numpy() | (df["label"].astype(str).str.strip() == "").to_numpy()
+    if no_label.any():
+        raise ValueError(f"labelled points {uri}: no label on line(s) {_line_numbers(no_label)}")
+    if task_type == "regression":
+        y = pd.to_numeric(df["label"], errors="coerce")
+        bad = y.isna().to_numpy()
+        if bad.any():
+            raise ValueError(f"labelled points {uri}: task_type regression needs numeric labels; line(s) "
+                             f"{_line_numbers(bad)} are not (first: {df['label'][bad].iloc[0]!r})")
+        df["label"] = y.astype(float)
     df["region"] = regions_of(df["lon"].to_numpy(), df["lat"].to_numpy())
-    dropped = df["region"].isna().sum()
-    if dropped:
-        log.warning("task %s: %d labelled points are not on a continent, dropped", name, dropped)
-    df = df.dropna(subset=["region"]).reset_index(drop=True)
+    off = df["region"].isna().to_numpy()
+    if off.any():
+        msg = (f"labelled points {uri}: {int(off.sum())} of {len(df)} points are on no continent (ocean or "
+               f"Antarctica), line(s) {_line_numbers(off)}")
+        if off.mean() > max_off_fraction:
+            raise ValueError(f"{msg}; more than chips.max_failed_fraction = {max_off_fraction:g} of the file "
+                             f"— check the coordinate order (lon, lat) and the CRS (WGS 84 degrees)")
+        log.warning("task %s: %s; they are dropped", name, msg)
+    df = df[~off].reset_index(drop=True)
     df["point_id"] = [f"{name}-{i:06d}" for i in range(len(df))]
     df["set"] = name
     df["seed"] = seed

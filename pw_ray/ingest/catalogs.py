@@ -8,9 +8,10 @@ reflectance ×10⁴ on the pre-04.00 scale (ESA added ``BOA_ADD_OFFSET`` = −10
 * **Planetary Computer** (``sentinel-2-l2a``) serves ESA's DNs unchanged: for items with
   ``s2:processing_baseline`` ≥ 04.00 add −1000.
 * **Earth Search v1** (``sentinel-2-l2a``): Element 84 subtracted the offset in the COGs of items
-  flagged ``earthsearch:boa_offset_applied: true`` (add 0). Unflagged items with baseline ≥ 04.00
-  still carry it (add −1000). Their ``raster:bands`` offset of −0.1 is known to be wrong for that
-  collection (Element84/earth-search#71) and is ignored.
+  flagged ``earthsearch:boa_offset_applied: true`` (add 0). Items flagged ``false`` and items
+  without the flag follow the baseline rule (≥ 04.00: add −1000; older: 0). The collection's
+  ``raster:bands`` offset of −0.1 is known to be wrong there (Element84/earth-search#71) and is
+  ignored, flag or not.
 * **Earth Search Collection 1** (``sentinel-2-c1-l2a``) and any other catalog whose assets declare
   ``raster:bands`` ``scale``/``offset``: add ``offset / scale`` (−0.1 / 0.0001 = −1000).
 * **generic** without ``raster:bands``: the baseline rule of Planetary Computer.
@@ -151,12 +152,15 @@ class EarthSearch(CatalogAdapter):
         if band == B.SCL:
             return 0
         props = item.get("properties", {})
-        if item.get("collection") == "sentinel-2-c1-l2a" or "earthsearch:boa_offset_applied" not in props:
-            declared = _raster_offset(item["assets"][self.asset_key(item, band)])
-            if declared is not None:
-                return declared
+        collection = item.get("collection")
+        if collection != "sentinel-2-c1-l2a" and "earthsearch:boa_offset_applied" in props:
+            return 0 if props["earthsearch:boa_offset_applied"] else _baseline_offset(item)
+        if collection == "sentinel-2-l2a":
+            # Unflagged v1 items: the baseline rule. Their raster:bands offset (−0.1 on every item,
+            # whatever its baseline) is wrong for this collection (Element84/earth-search#71).
             return _baseline_offset(item)
-        return 0 if props["earthsearch:boa_offset_applied"] else _baseline_offset(item)
+        declared = _raster_offset(item["assets"][self.asset_key(item, band)])
+        return declared if declared is not None else _baseline_offset(item)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 
 from pw_ray import bands as B
 from pw_ray.ingest.catalogs import CatalogAdapter, redact
+from pw_ray.ingest.failures import PERMANENT, failure_kind
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ def _vsi_path(href: str) -> str | None:
 
 
 def retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
-    """Run ``fn``, retrying I/O errors with exponential backoff and jitter.
+    """Run ``fn``, retrying I/O errors with exponential backoff and jitter (not the permanent
+    ones, :func:`pw_ray.ingest.failures.failure_kind`: a corrupt or missing file).
 
     GDAL's network file systems cache what they learnt about a URL, failures included: after
     an open that failed (a dropped connection, a timeout once GDAL's own retries are spent) the
@@ -155,6 +157,9 @@ def retrying(fn, what: str, retries: int = 3, backoff_s: float = 0.5):
                     return fn()
             return fn()
         except (rasterio.errors.RasterioIOError, OSError) as err:
+            if failure_kind(err) == PERMANENT:  # a corrupt or missing file stays so: say which, no retry
+                log.warning("read of %s failed, not retried (%s)", redact(what), redact(err))
+                raise
             if attempt == retries:
                 raise
             delay = backoff_s * (2 ** attempt) * (1 + random.random())

@@ -53,6 +53,10 @@ WORLDCOVER_CLASSES: tuple[str, ...] = (
 #: mangroves 95, moss and lichen 100; 0 is no data.
 WORLDCOVER_CODES: dict[str, int] = dict(zip(WORLDCOVER_CLASSES, (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)))
 
+#: The embedded synthetic archive's land-cover collection (``pw_ray.synthetic`` writes it under
+#: this id); the default land cover of ``stac.kind: synthetic``.
+SYNTHETIC_LANDCOVER_COLLECTION = "synthetic-landcover"
+
 #: Error allowed to GDAL's approximate coordinate transformer when warping land cover, in source pixels.
 WARP_TOLERANCE_PX = 0.01
 
@@ -385,13 +389,14 @@ def landcover_source(stac, synthetic_items: str | None = None) -> LandcoverSourc
     common = dict(retries=stac.retries, backoff_s=stac.backoff_s)
     if lc is None and stac.kind == "synthetic":
         from pw_ray.config import LandcoverCollection
-        from pw_ray.synthetic import LC_COLLECTION
 
-        lc = LandcoverCollection(collection=LC_COLLECTION)
+        lc = LandcoverCollection(collection=SYNTHETIC_LANDCOVER_COLLECTION)
     if lc is None:
         return None
     if isinstance(lc, str):
-        return RasterLandcover(href=lc, **common)
+        src = RasterLandcover(href=lc, **common)
+        src.lineage = _lineage(stac)
+        return src
     if lc.url:
         url, kind = lc.url, lc.kind or _kind_of_url(lc.url)
     elif stac.kind == "synthetic":
@@ -400,8 +405,15 @@ def landcover_source(stac, synthetic_items: str | None = None) -> LandcoverSourc
         url, kind = synthetic_items, "static"
     else:
         url, kind = stac.url, lc.kind or stac.kind
-    return StacLandcover(collection=lc.collection, url=str(url), kind=kind, asset=lc.asset, datetime=lc.datetime,
-                         catalog=lc.catalog or stac.catalog, timeout_s=stac.timeout_s, **common)
+    src = StacLandcover(collection=lc.collection, url=str(url), kind=kind, asset=lc.asset, datetime=lc.datetime,
+                        catalog=lc.catalog or stac.catalog, timeout_s=stac.timeout_s, **common)
+    src.lineage = _lineage(stac)
+    return src
+
+
+def _lineage(stac):
+    """What of the config decides a source's classes (``stac.landcover``; the archive for synthetic)."""
+    return stac.landcover.model_dump(mode="json") if hasattr(stac.landcover, "model_dump") else stac.landcover
 
 
 def _kind_of_url(url: str) -> str:
@@ -409,5 +421,5 @@ def _kind_of_url(url: str) -> str:
     return "static" if url.split("?")[0].endswith((".json", ".geojson", ".ndjson")) else "api"
 
 
-__all__ = ["WORLDCOVER_CLASSES", "WORLDCOVER_CODES", "LandcoverSource", "RasterLandcover", "StacLandcover",
-           "landcover_source"]
+__all__ = ["SYNTHETIC_LANDCOVER_COLLECTION", "WORLDCOVER_CLASSES", "WORLDCOVER_CODES", "LandcoverSource",
+           "RasterLandcover", "StacLandcover", "landcover_source"]

@@ -1,16 +1,22 @@
-"""The ingest stage on Ray Data: points → chip index → chips grouped by scene → shards.
+"""The ingest stage on Ray Data: points → chip index → chips grouped by scene → shards → manifest.
 
 1. **Index** (``index/<set>.parquet``): per point, search scenes (best cloud first), compute the
    chip window in the scene's 10 m grid, read the SCL window and keep the first scene whose chip
-   passes the cloud and no-data limits — in batches of spatially sorted points, one SCL read per
-   scene per batch. Points with no usable scene are recorded as skipped with the reason; errors
-   as failed. Items go to ``index/<set>-items.parquet`` (no signed URLs).
-2. **Chunks**: kept chips are sorted by (region, scene, window) and cut into chunks of
-   ``chips.chunk_size``; a chunk's chips come from few scenes, so each scene is opened once.
+   passes the cloud and no-data limits — in parts of spatially sorted points (one Ray task and
+   one stored part file each, ``index/_parts/<set>/``), one SCL read per scene per part. Points
+   with no usable scene are recorded as skipped with the reason; errors as failed, transient or
+   permanent. Items go to ``index/<set>-items.parquet`` (no signed URLs).
+2. **Chunks**: kept chips are sorted by (region, scene, window) and whole scenes packed into
+   chunks of at most ``chips.chunk_size``; a chunk's chips come from few scenes.
 3. **Shards**: one Ray task per chunk reads its scenes and writes
-   ``shards/<set>/region=<r>/<set>-<r>-<chunk>.parquet`` (+ a WebDataset tar) atomically,
-   skipping chunks whose files exist: a rerun finishes what is missing and never duplicates.
-4. **Manifest** (``manifest/<set>.parquet``): one row per chip, ``ok`` | ``skipped`` | ``failed``.
+   ``shards/<set>/parquet/<r>/<set>-<r>-<chunk>.parquet`` (+ ``shards/<set>/wds/…tar``)
+   atomically with :func:`pw_ray.ingest.chunks.write_chunk`, reusing a stored chunk only when its
+   lineage matches; shards of chunks no longer planned are removed.
+4. **Manifest** (``manifest/<set>.parquet``): one row per chip, ``ok`` | ``skipped`` | ``failed``,
+   equal to what the shards hold.
+
+Every stored output records the digest of its inputs (:mod:`pw_ray.lineage`), so a rerun after a
+config change redoes exactly what the change touches and says why.
 
 The index and the manifest have one row per chip: per point with ``stac.seasons`` = 1, else
 one per point and season (docs/CONTRACTS.md).
@@ -21,28 +27,36 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pw_ray import storage
+from pw_ray import lineage, storage
 from pw_ray.config import ChipSpec
 from pw_ray.ingest import chips as C
 from pw_ray.ingest import shards as S
 from pw_ray.ingest.catalogs import CatalogAdapter, baseline_of, redact
+from pw_ray.ingest.chunks import STAGES, Stopwatch, frame_digest, remove_stale, stage_seconds
+from pw_ray.ingest.chunks import write_chunk as write_any_chunk
+from pw_ray.ingest.failures import PERMANENT, TRANSIENT, budget_error, failure_kind, retryable, top_reasons
 from pw_ray.ingest.landcover import LandcoverSource
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = [
     "point_id", "chip_id", "season", "set", "lon", "lat", "region", "biome", "landcover", "status", "reason",
-    "item_id",
+    "failure", "item_id",
     "collection", "datetime", "epsg", "row_off", "col_off", "cloud_fraction", "nodata_fraction",
     "baseline",
 ]
+#: Columns of ``manifest/<set>.parquet`` (one row per chip).
+MANIFEST_COLUMNS = ["point_id", "chip_id", "set", "lon", "lat", "region", "status", "reason", "failure", "item_id",
+                    "shard"]
+#: Bump when the index a config gives changes (the search, the screening): stored indexes are rebuilt.
+INDEX_VERSION = 1
 
 
 @dataclass
@@ -56,10 +70,39 @@ class IngestSummary:
     chunks_reused: int
     #: Seconds the shard tasks spent per stage (:data:`STAGES`), summed over tasks.
     stage_s: dict[str, float] = field(default_factory=dict)
+    #: Why the chip index was rebuilt ("" when the stored one was reused).
+    index_why: str = ""
+    #: Why chunks were written, with counts (``{"not written yet": 12, "chips.size_px changed": 3}``).
+    chunk_whys: dict[str, int] = field(default_factory=dict)
+    #: Shard files of an earlier config removed from the set.
+    stale_removed: int = 0
+    #: Failed chips by kind.
+    failed_transient: int = 0
+    failed_permanent: int = 0
+    #: The three most common failure reasons with counts.
+    top_failures: list = field(default_factory=list)
+    skip_reasons: list = field(default_factory=list)
 
     def line(self) -> str:
+        fails = ""
+        if self.failed:
+            fails = f" ({self.failed_transient} transient: retried next run; {self.failed_permanent} permanent)"
         return (f"{self.set_name}: {self.ok}/{self.points} chips ok, {self.skipped} skipped, "
-                f"{self.failed} failed; {self.chunks_written} chunks written, {self.chunks_reused} reused")
+                f"{self.failed} failed{fails}; {self.chunks_written} chunks written, {self.chunks_reused} reused")
+
+    def reuse_lines(self) -> list[str]:
+        """What this run reused and redid, and why (one line each)."""
+        index = ("index: reused (its inputs are unchanged)" if not self.index_why
+                 else f"index: {self.index_why} → rebuilt")
+        out = [f"{self.set_name} {index}"]
+        if self.chunks_written or self.chunks_reused or self.stale_removed:
+            whys = ", ".join(f"{n} {why}" for why, n in sorted(self.chunk_whys.items(), key=lambda kv: -kv[1]))
+            line = (f"{self.set_name} shards: {self.chunks_reused} chunks reused, {self.chunks_written} written"
+                    + (f" ({whys})" if whys else ""))
+            if self.stale_removed:
+                line += f"; {self.stale_removed} files of an earlier config removed"
+            out.append(line)
+        return out
 
     def stages_line(self) -> str:
         """Where the shard tasks' time went, e.g. ``read 4.91 s (71%), land cover 0.38 s (6%), …``."""
@@ -68,30 +111,16 @@ class IngestSummary:
             return "no chunk written"
         return ", ".join(f"{_STAGE_NAMES.get(k, k)} {v:.2f} s ({100 * v / total:.0f}%)" for k, v in self.stage_s.items())
 
+    def budget_error(self, max_failed_fraction: float) -> str | None:
+        """Why this set's ingest must not count as done (see :func:`failures.budget_error`)."""
+        reasons = [k for k, n in self.top_failures for _ in range(n)] or [k for k, n in self.skip_reasons
+                                                                          for _ in range(n)]
+        return budget_error(self.set_name, self.points, self.ok, self.failed, self.skipped, reasons,
+                            max_failed_fraction)
 
-#: Stages of a shard task: ``read`` (decode, resample, harmonise the bands and SCL),
-#: ``landcover`` (class fractions), ``encode`` (Parquet and WebDataset bytes), ``write``
-#: (atomic writes to storage).
-STAGES = ("read", "landcover", "encode", "write")
+
 _STAGE_NAMES = {"landcover": "land cover"}
-
-
-class _Stopwatch:
-    """Seconds per named stage: ``with sw("read"): ...``."""
-
-    def __init__(self):
-        self.seconds = dict.fromkeys(STAGES, 0.0)
-        self._name = None
-
-    def __call__(self, name: str):
-        self._name = name
-        return self
-
-    def __enter__(self):
-        self._t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.seconds[self._name] += time.perf_counter() - self._t0
+_Stopwatch = Stopwatch  # the name bench/ingest.py and older code use
 
 
 def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec) -> pd.DataFrame:
@@ -112,7 +141,7 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
         for season in range(n_seasons):
             row = {c: getattr(p, c, None) for c in ("point_id", "set", "lon", "lat", "region", "biome", "landcover")}
             row.update(chip_id=str(p.point_id) if n_seasons == 1 else f"{p.point_id}-s{season}", season=season)
-            row.update(status="skipped", reason="no scene", item_id=None, collection="", datetime="",
+            row.update(status="skipped", reason="no scene", failure="", item_id=None, collection="", datetime="",
                        baseline="", epsg=0, row_off=-1, col_off=-1, cloud_fraction=float("nan"),
                        nodata_fraction=float("nan"))
             found: list[dict] = []
@@ -120,7 +149,7 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
                 found = (searcher.candidates(float(p.lon), float(p.lat)) if n_seasons == 1
                          else searcher.candidates(float(p.lon), float(p.lat), season=season))
             except Exception as err:  # a bad point costs that point, never the job
-                row.update(status="failed", reason=redact(f"{type(err).__name__}: {err}"))
+                row.update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
             rows.append(row)
             cands.append(found)
             reasons.append([])
@@ -148,12 +177,15 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
     return df
 
 
-#: Points per index task. Fixed, so that which points share an SCL read (and so the index) does
-#: not depend on the cluster's size.
-INDEX_BATCH = 64
+#: Points per index part: one Ray task and one stored part file (``index/_parts/<set>/<k>.parquet``).
+#: Fixed, so that the parts (and which points share an SCL read) do not depend on the cluster's
+#: size; large enough that a part's points share scenes, small enough that losing the driver
+#: loses little work (a rerun reuses every finished part).
+INDEX_PART = 1024
+INDEX_BATCH = INDEX_PART  # the name older code and benches use
 
 
-def spatial_batches(points: pd.DataFrame, size: int = INDEX_BATCH) -> list[pd.DataFrame]:
+def spatial_batches(points: pd.DataFrame, size: int = INDEX_PART) -> list[pd.DataFrame]:
     """Points cut into batches of ``size`` after sorting by region and 1° cell, so the points
     of a batch share scenes (one SCL open per scene per batch); deterministic."""
     order = points.assign(_cy=np.floor(points["lat"].astype(float)), _cx=np.floor(points["lon"].astype(float)))
@@ -178,7 +210,7 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
         scl = C.read_scl(item, adapter, [wins[i] for i in inside], spec.size_px, spec.resolution_m)
     except Exception as err:  # a bad scene costs the points that reached it, never the job
         for i in members:
-            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"))
+            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
         return
     cloud = np.isin(scl, C.B.SCL_CLOUDY).mean(axis=(1, 2))
     nodata = (scl == C.B.SCL_NODATA).mean(axis=(1, 2))
@@ -192,8 +224,8 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
         try:
             for band in spec.bands:  # fail early, naming the band, if an asset is missing
                 adapter.asset_key(item, band)
-        except Exception as err:
-            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"))
+        except Exception as err:  # the item lacks a band: no retry will add it
+            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=PERMANENT)
             continue
         rows[i].update(status="ok", reason="", item_id=item["id"], collection=item.get("collection"),
                        datetime=item["properties"].get("datetime"), epsg=grid.epsg,
@@ -230,77 +262,185 @@ def assign_chunks(index: pd.DataFrame, chunk_size: int) -> pd.DataFrame:
     return ok
 
 
+# ----------------------------------------------------------------------------- lineage of the inputs
+def _local(uri: str | None) -> str | None:
+    """A URI as lineage sees it: remote ones whole, local ones by file name (the synthetic archive
+    and its items live in a cache folder whose place may differ between machines and runs)."""
+    if uri is None:
+        return None
+    uri = str(uri)
+    return uri if "://" in uri and not uri.startswith("file://") else "local:" + uri.rsplit("/", 1)[-1]
+
+
+def describe_search(searcher) -> dict:
+    """What decides the scenes a searcher returns: its query, and for in-memory catalogs their
+    items (without hrefs, which name a machine's folders)."""
+    if hasattr(searcher, "describe"):
+        return searcher.describe()
+    out = {"type": type(searcher).__name__}
+    for k in ("url", "collection", "datetime", "max_cloud", "max_items", "seasons"):
+        if hasattr(searcher, k):
+            out[k] = getattr(searcher, k)
+    if isinstance(out.get("url"), str):
+        out["url"] = _local(out["url"])
+    items = getattr(searcher, "items", None)
+    if items is not None:
+        out["items"] = lineage.digest([{k: v for k, v in it.items() if k not in ("assets", "links")}
+                                       | {"assets": sorted(it.get("assets", {}))} for it in items])
+        for k in ("start", "end"):
+            out[k] = str(getattr(searcher, k, None))
+    return out
+
+
+def describe_landcover(lc: LandcoverSource | None) -> dict | None:
+    if lc is None:
+        return None
+    out = {"type": type(lc).__name__, "codes": list(lc.codes), "names": list(lc.names)}
+    for k in ("href", "collection", "url", "kind", "asset", "datetime", "catalog"):
+        if hasattr(lc, k):
+            v = getattr(lc, k)
+            out[k] = _local(v) if k in ("href", "url") else v
+    return out
+
+
+def source_inputs(searcher, adapter: CatalogAdapter, landcover: LandcoverSource | None) -> dict:
+    """What decides a set's scenes (``"index"``) and, besides its rows and the chip spec, its
+    chunks' bytes (``"chunks"``). Searchers and land-cover sources built from a config carry it
+    in the config's names (``search.stac_lineage``: a rerun then says ``stac.datetime changed``);
+    for others it is derived from the objects."""
+    stac = getattr(searcher, "lineage", None)
+    lc = getattr(landcover, "lineage", None) if landcover is not None else None
+    if lc is None and landcover is not None:
+        lc = describe_landcover(landcover)
+    if stac is None:
+        return {"index": {"search": describe_search(searcher), "catalog": lineage.plain(adapter)},
+                "chunks": {"catalog": lineage.plain(adapter), "landcover": lc}}
+    chunks = {k: stac[k] for k in ("kind", "url", "catalog", "collection", "synthetic") if k in stac}
+    return {"index": {"stac": stac}, "chunks": {"stac": {**chunks, "landcover": lc}}}
+
+
+def index_inputs(points: pd.DataFrame, source: dict, spec: ChipSpec) -> dict:
+    """The lineage record of a set's chip index: its points, the search (``source``, see
+    :func:`source_inputs`) and the chip fields that decide a chip's window and acceptance."""
+    chips = {k: getattr(spec, k) for k in ("bands", "size_px", "resolution_m", "max_cloud_fraction",
+                                           "max_nodata_fraction")}
+    return lineage.record({"version": INDEX_VERSION, "points": frame_digest(points), "chips": chips, **source})
+
+
+def chunk_context(source: dict) -> dict:
+    """What besides its rows and the chip spec shapes a STAC chunk's bytes."""
+    return {"reader": "stac-scenes", **source}
+
+
+# ----------------------------------------------------------------------------- index in parts
+def _parts_dir(root: str, set_name: str) -> str:
+    return storage.join(root, "index", "_parts", set_name)
+
+
+def part_uri(root: str, set_name: str, part: int) -> str:
+    return storage.join(_parts_dir(root, set_name), f"{part:06d}.parquet")
+
+
+def part_record(index_rec: dict, points: pd.DataFrame) -> dict:
+    return lineage.record({"index": index_rec["digest"], "points": points["point_id"].astype(str).tolist()})
+
+
+def index_part(task: dict, root: str, set_name: str, searcher, adapter: CatalogAdapter, spec: ChipSpec,
+               force: bool = False, retry_failed: bool = False) -> dict:
+    """Index one part's points and store the part (reusing a stored part whose lineage matches
+    and that holds no failure to retry). Runs in a Ray task; returns a small record."""
+    points = pickle.loads(task["points"])
+    uri = part_uri(root, set_name, task["part"])
+    rec = json.loads(task["record"])
+    if not force and lineage.why_redo(lineage.of_parquet(uri), rec) is None:
+        kinds = storage.read_table(uri, columns=["status", "failure"]).to_pandas()
+        failed = kinds[kinds["status"] == "failed"]["failure"]
+        if not any(retryable(k, retry_failed) for k in failed):
+            return {"part": task["part"], "written": False}
+    df = index_points(points, searcher, adapter, spec)
+    storage.write_table(lineage.attach(pa.Table.from_pandas(df, preserve_index=False), rec), uri)
+    return {"part": task["part"], "written": True}
+
+
+def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec,
+                index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False
+                ) -> tuple[pd.DataFrame, int]:
+    """The chip index of a set from its parts: each part indexed in a Ray task and stored as it
+    finishes, so a killed driver loses only the parts in flight. Returns (index with
+    ``items_json``, parts written)."""
+    import ray
+
+    batches = spatial_batches(points, INDEX_PART)  # looked up now: tests shrink it
+    tasks = [{"part": k, "points": pickle.dumps(b, protocol=5), "record": json.dumps(part_record(index_rec, b))}
+             for k, b in enumerate(batches)]
+    for uri in storage.listdir(_parts_dir(root, set_name), suffix=".parquet"):  # parts of a larger config
+        if S.TMP_MARK not in uri and int(uri.rsplit("/", 1)[-1].split(".")[0]) >= len(tasks):
+            storage.remove(uri)
+    results = []
+    if tasks:
+        def _do(task: dict) -> dict:
+            return index_part(task, root, set_name, searcher, adapter, spec, force, retry_failed)
+
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        results = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1).take_all()
+    uris = [part_uri(root, set_name, t["part"]) for t in tasks]
+    frames = [storage.read_table(u).to_pandas() for u in uris]
+    index = (pd.concat(frames, ignore_index=True) if frames
+             else pd.DataFrame(columns=INDEX_COLUMNS + ["items_json"]))
+    index = index.sort_values(["point_id", "chip_id"]).reset_index(drop=True)
+    return index, sum(1 for r in results if r["written"])
+
+
+def _retry_count(index: pd.DataFrame, retry_failed: bool) -> int:
+    if "failure" not in index.columns:
+        return 0
+    failed = index.loc[index["status"] == "failed", "failure"]
+    return int(sum(retryable(k, retry_failed) for k in failed))
+
+
+# ----------------------------------------------------------------------------- chunks
 def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name: str, region: str,
                 chunk: int, adapter: CatalogAdapter, spec: ChipSpec,
-                landcover: LandcoverSource | None = None) -> dict:
-    """Read one chunk's chips scene by scene and write its Parquet (+ tar). Idempotent.
+                landcover: LandcoverSource | None = None, *, force: bool = False,
+                retry_failed: bool = False, context: dict | None = None) -> dict:
+    """Read one chunk's chips scene by scene and write its Parquet (+ tar), or reuse the stored
+    one (see :func:`pw_ray.ingest.chunks.write_chunk`).
 
     ``landcover``: each chip's class fractions (``lc_fractions``, in ``landcover.names`` order)
     and its dominant class come from it; without it chips keep the point's planned label.
     """
-    pq_uri = S.parquet_uri(root, set_name, region, chunk)
-    tar_uri = S.wds_uri(root, set_name, region, chunk)
-    if storage.exists(pq_uri) and (not spec.webdataset or storage.exists(tar_uri)):
-        n = storage.read_table(pq_uri, columns=["chip_id"]).num_rows
-        return {"region": region, "chunk": chunk, "written": False, "n": n, "failed": "[]",
-                "stages": json.dumps(dict.fromkeys(STAGES, 0.0))}
-    # Chips go straight to their place in the chunk's planned order, whatever order the scenes
-    # are read in: one pixel buffer for the chunk, no concatenation or reordering copies.
-    pos = {cid: i for i, cid in enumerate(rows["chip_id"])}
-    metas: list[dict | None] = [None] * len(rows)
-    pixels = np.zeros((len(rows), len(spec.bands), spec.size_px, spec.size_px), dtype=np.uint16)
-    failed = []
-    sw = _Stopwatch()
-    with C.gdal_env():
-        for item_id, grp in rows.groupby("item_id", sort=True):
-            item = items[item_id]
-            wins = list(zip(grp["row_off"].astype(int), grp["col_off"].astype(int)))
-            try:
-                with sw("read"):
-                    sc = C.read_scene_chips(item, adapter, wins, spec.bands, spec.size_px, spec.resampling,
-                                            spec.resolution_m)
-                lc = None
-                if landcover is not None:
-                    with sw("landcover"):
-                        lc = landcover.fractions(C.scene_grid(item, adapter, spec.resolution_m), wins,
-                                                 spec.size_px)
-            except Exception as err:  # a failing scene costs its chips, never the job
-                log.warning("scene %s failed: %s", item_id, redact(err))
-                failed += [(pid, redact(f"{type(err).__name__}: {err}")) for pid in grp["chip_id"]]
-                continue
-            cloud, nodata = sc.cloud_fraction, sc.nodata_fraction
-            for i, r in enumerate(grp.itertuples(index=False)):
-                frac = lc[i] if lc is not None else np.zeros(0, np.float32)
-                lc_name = r.landcover
-                if lc is not None and frac.sum() > 0:
-                    lc_name = landcover.names[int(np.argmax(frac))]
-                metas[pos[r.chip_id]] = dict(
-                    chip_id=str(r.chip_id), set=set_name, point_id=r.point_id, lon=float(r.lon),
-                    lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
-                    lc_fractions=frac.tolist(), item_id=item_id, collection=r.collection,
-                    datetime=r.datetime, epsg=int(r.epsg), row_off=int(r.row_off), col_off=int(r.col_off),
-                    cloud_fraction=float(cloud[i]), nodata_fraction=float(nodata[i]),
-                    baseline=r.baseline, offset_applied=int(sc.offsets[spec.bands[0]]),
-                )
-            pixels[[pos[c] for c in grp["chip_id"]]] = sc.pixels
-    keep = [i for i, m in enumerate(metas) if m is not None]
-    if keep:
-        if len(keep) < len(metas):  # a scene failed: drop its chips' places
-            pixels = pixels[keep]
-        with sw("encode"):
-            table = S.chips_table([metas[i] for i in keep], pixels, spec.bands)
-        if spec.webdataset:  # one encoded copy of the chunk in memory at a time
-            with sw("encode"):
-                tar = S.webdataset_bytes(table)
-            with sw("write"):
-                storage.write_bytes(tar_uri, tar)
-            del tar
-        with sw("encode"):
-            parquet = S.parquet_bytes(table)
-        with sw("write"):
-            storage.write_bytes(pq_uri, parquet)  # last: its presence marks the chunk done
-    return {"region": region, "chunk": chunk, "written": True, "n": len(keep), "failed": json.dumps(failed),
-            "stages": json.dumps(sw.seconds)}
+    def read_scene(grp: pd.DataFrame, sw: Stopwatch):
+        item = items[grp["item_id"].iloc[0]]
+        wins = list(zip(grp["row_off"].astype(int), grp["col_off"].astype(int)))
+        with C.gdal_env():
+            with sw("read"):
+                sc = C.read_scene_chips(item, adapter, wins, spec.bands, spec.size_px, spec.resampling,
+                                        spec.resolution_m)
+            lc = None
+            if landcover is not None:
+                with sw("landcover"):
+                    lc = landcover.fractions(C.scene_grid(item, adapter, spec.resolution_m), wins, spec.size_px)
+        metas = []
+        for i, r in enumerate(grp.itertuples(index=False)):
+            frac = lc[i] if lc is not None else np.zeros(0, np.float32)
+            lc_name = r.landcover
+            if lc is not None and frac.sum() > 0:
+                lc_name = landcover.names[int(np.argmax(frac))]
+            metas.append(dict(
+                chip_id=str(r.chip_id), set=set_name, point_id=r.point_id, lon=float(r.lon),
+                lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
+                lc_fractions=frac.tolist(), item_id=item["id"], collection=r.collection,
+                datetime=r.datetime, epsg=int(r.epsg), row_off=int(r.row_off), col_off=int(r.col_off),
+                cloud_fraction=float(sc.cloud_fraction[i]), nodata_fraction=float(sc.nodata_fraction[i]),
+                baseline=r.baseline, offset_applied=int(sc.offsets[spec.bands[0]]),
+            ))
+        return sc.pixels, metas
+
+    return write_any_chunk(rows, "item_id", read_scene, root=root, set_name=set_name, region=region, chunk=chunk,
+                           spec=spec, context=chunk_context(context if context is not None
+                                                            else source_inputs(None, adapter, landcover)["chunks"]),
+                           force=force,
+                           retry_failed=retry_failed)
 
 
 def chunk_tasks(chunked: pd.DataFrame, items_json: dict[str, str]) -> list[dict]:
@@ -312,7 +452,7 @@ def chunk_tasks(chunked: pd.DataFrame, items_json: dict[str, str]) -> list[dict]
     others (longest-processing-time-first). The order decides only when a chunk runs, never
     what it holds.
     """
-    tasks = [{"region": r, "chunk": int(k), "rows": pickle.dumps(g, protocol=5),
+    tasks = [{"region": r, "chunk": int(k), "rows": pickle.dumps(g.drop(columns=["chunk"]), protocol=5),
               "items": json.dumps({i: items_json[i] for i in g["item_id"].unique()}),
               "scenes": int(g["item_id"].nunique()), "chips": len(g)}
              for (r, k), g in chunked.groupby(["region", "chunk"], sort=True)]
@@ -320,20 +460,12 @@ def chunk_tasks(chunked: pd.DataFrame, items_json: dict[str, str]) -> list[dict]
 
 
 def run_chunk_task(task: dict, root: str, set_name: str, adapter: CatalogAdapter, spec: ChipSpec,
-                   landcover: LandcoverSource | None = None) -> dict:
+                   landcover: LandcoverSource | None = None, force: bool = False,
+                   retry_failed: bool = False, context: dict | None = None) -> dict:
     """:func:`write_chunk` for one record of :func:`chunk_tasks`."""
     items = {i: json.loads(j) for i, j in json.loads(task["items"]).items()}
     return write_chunk(pickle.loads(task["rows"]), items, root, set_name, task["region"], task["chunk"],
-                       adapter, spec, landcover)
-
-
-def stage_seconds(results: list[dict]) -> dict[str, float]:
-    """:data:`STAGES` seconds summed over the results of :func:`write_chunk`."""
-    total = dict.fromkeys(STAGES, 0.0)
-    for r in results:
-        for k, v in json.loads(r["stages"]).items():
-            total[k] += v
-    return total
+                       adapter, spec, landcover, force=force, retry_failed=retry_failed, context=context)
 
 
 #: Default ceiling on ingest tasks in flight when ``chips.ingest_parallelism`` is unset.
@@ -354,13 +486,66 @@ def ingest_parallelism(n_units: int, cluster_cpus: float, override: int | None =
     return max(1, int(cluster_cpus), min(int(n_units), cap))
 
 
+# ----------------------------------------------------------------------------- manifest
+def build_manifest(index: pd.DataFrame, chunked: pd.DataFrame, results: list[dict]) -> pd.DataFrame:
+    """One row per chip: the index's verdict, overridden by the chunk writers' failures; ``shard``
+    names the chunk (``<region>/<chunk>``) of every ``ok`` chip. Linear in rows and failures."""
+    if "chip_id" not in index.columns:  # an index written before seasons existed
+        index = index.assign(chip_id=index["point_id"])
+    if "failure" not in index.columns:
+        index = index.assign(failure="")
+    manifest = index[[c for c in MANIFEST_COLUMNS if c != "shard"]].copy()
+    manifest["failure"] = manifest["failure"].fillna("")
+    failed = [f for r in results for f in json.loads(r["failed"])]
+    if failed:
+        f = pd.DataFrame(failed, columns=["chip_id", "reason", "failure"]).drop_duplicates("chip_id").set_index(
+            "chip_id")
+        hit = manifest["chip_id"].isin(f.index)
+        ids = manifest.loc[hit, "chip_id"]
+        manifest.loc[hit, "status"] = "failed"
+        manifest.loc[hit, "reason"] = ids.map(f["reason"]).to_numpy()
+        manifest.loc[hit, "failure"] = ids.map(f["failure"]).to_numpy()
+    shard = pd.Series((chunked["region"].astype(str) + "/" + chunked["chunk"].astype(str)).to_numpy(),
+                      index=chunked["chip_id"].to_numpy())
+    manifest["shard"] = manifest["chip_id"].map(shard).where(manifest["status"] == "ok")
+    return manifest
+
+
+def summarise(set_name: str, manifest: pd.DataFrame, results: list[dict]) -> IngestSummary:
+    """Counts, chunk reuse and the commonest failure and skip reasons of one set's ingest."""
+    counts = manifest["status"].value_counts()
+    failed = manifest[manifest["status"] == "failed"]
+    skipped = manifest[manifest["status"] == "skipped"]
+    return IngestSummary(
+        set_name, len(manifest), int(counts.get("ok", 0)), int(counts.get("skipped", 0)), int(counts.get("failed", 0)),
+        sum(1 for r in results if r["written"]), sum(1 for r in results if not r["written"]),
+        stage_seconds(results),
+        chunk_whys=dict(Counter(r["why"] for r in results if r["written"])),
+        failed_transient=int((failed["failure"] == TRANSIENT).sum()),
+        failed_permanent=int((failed["failure"] == PERMANENT).sum()),
+        top_failures=top_reasons(failed["reason"]),
+        skip_reasons=top_reasons(skipped["reason"]),
+    )
+
+
+# ----------------------------------------------------------------------------- the stage
 def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter,
                spec: ChipSpec, landcover: LandcoverSource | None = None,
-               parallelism: int | None = None) -> IngestSummary:
-    """Ingest one set of points into shards under ``root`` with Ray Data. Resumable."""
+               parallelism: int | None = None, *, force: bool = False, retry_failed: bool = False,
+               source: dict | None = None) -> IngestSummary:
+    """Ingest one set of points into shards under ``root`` with Ray Data. Resumable.
+
+    Reuse is decided by lineage: the index is rebuilt when its points, search, catalog or chip
+    limits changed (or it holds failures to retry), a chunk is rewritten when its rows or chip
+    spec changed (or it holds failures to retry); shards of chunks no longer planned are removed.
+    ``force`` rebuilds and rewrites everything; ``retry_failed`` retries permanent failures too.
+    ``source``: the lineage of the search and land cover (:func:`source_inputs`; derived from the
+    objects when not given).
+    """
     import ray
 
     index_uri = storage.join(root, "index", f"{set_name}.parquet")
+    items_uri = storage.join(root, "index", f"{set_name}-items.parquet")
     manifest_uri = storage.join(root, "manifest", f"{set_name}.parquet")
     override = parallelism or spec.ingest_parallelism
     # Expected chunks (an upper bound until the index says which chips are kept).
@@ -368,56 +553,55 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
                                      override)
     log.info("ingest %s: up to %d tasks at once", set_name, parallelism)
 
-    if storage.exists(index_uri):
-        log.info("ingest %s: chip index exists, reusing %s", set_name, index_uri)
+    source = source or source_inputs(searcher, adapter, landcover)
+    index_rec = index_inputs(points, source["index"], spec)
+    old = lineage.of_parquet(index_uri)
+    why = lineage.why_redo(old, index_rec, force)
+    index = None
+    if why is None and storage.exists(items_uri):
         index = storage.read_table(index_uri).to_pandas()
-    else:
-        log.info("ingest %s: searching scenes for %d points", set_name, len(points))
-        batches = spatial_batches(points)
-        ds = ray.data.from_pandas(batches)
-        ds = ds.map_batches(
-            index_points, fn_kwargs=dict(searcher=searcher, adapter=adapter, spec=spec),
-            batch_format="pandas", batch_size=INDEX_BATCH,
-            compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1,
-        )
-        index = ds.to_pandas().sort_values(["point_id", "chip_id"]).reset_index(drop=True)
+        if n_retry := _retry_count(index, retry_failed):
+            why, index = f"{n_retry} failed chips to retry", None
+    elif why is None:
+        why = "its scene list is missing"
+    if index is None:
+        log.info("ingest %s: chip index: %s → searching scenes for %d points", set_name, why, len(points))
+        index, parts = build_index(root, set_name, points, searcher, adapter, spec, index_rec, parallelism, force,
+                                   retry_failed)
         items_table = index.dropna(subset=["items_json"]).drop_duplicates("item_id")[["item_id", "items_json"]]
-        storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False),
-                            storage.join(root, "index", f"{set_name}-items.parquet"))
+        storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False), items_uri)
         index = index.drop(columns=["items_json"])
-        storage.write_table(pa.Table.from_pandas(index, preserve_index=False), index_uri)
-    items_df = storage.read_table(storage.join(root, "index", f"{set_name}-items.parquet")).to_pandas()
+        storage.write_table(lineage.attach(pa.Table.from_pandas(index, preserve_index=False), index_rec), index_uri)
+        log.info("ingest %s: chip index written (%d of %d parts searched, the rest reused)", set_name, parts,
+                 -(-len(points) // INDEX_PART))
+    else:
+        log.info("ingest %s: chip index reused (inputs unchanged)", set_name)
+    items_df = storage.read_table(items_uri).to_pandas()
     items_json = dict(zip(items_df["item_id"], items_df["items_json"]))
 
     if n_stale := S.remove_partial(root, set_name):
         log.info("ingest %s: removed %d temp files of writes killed mid-way", set_name, n_stale)
+    if n_moved := S.adopt_legacy_layout(root, set_name):
+        log.info("ingest %s: moved %d shards of the older region=<r>/ layout into parquet/<r>/", set_name, n_moved)
     chunked = assign_chunks(index, spec.chunk_size)
     tasks = chunk_tasks(chunked, items_json)
     results = []
     if tasks:
         def _do(task: dict) -> dict:
-            return run_chunk_task(task, root, set_name, adapter, spec, landcover)
+            return run_chunk_task(task, root, set_name, adapter, spec, landcover, force, retry_failed,
+                                  source["chunks"])
 
         parallelism = ingest_parallelism(len(tasks), ray.cluster_resources().get("CPU", 0), override)
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
         ds = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1)
         results = ds.take_all()
-    failed_points = {pid: why for r in results for pid, why in json.loads(r["failed"])}
-    if "chip_id" not in index.columns:  # an index written before seasons existed
-        index["chip_id"] = index["point_id"]
-    manifest = index[["point_id", "chip_id", "set", "lon", "lat", "region", "status", "reason", "item_id"]].copy()
-    for pid, why in failed_points.items():
-        manifest.loc[manifest["chip_id"] == pid, ["status", "reason"]] = ["failed", why]
-    chunk_of = dict(zip(chunked["chip_id"], chunked["region"].astype(str) + "/" + chunked["chunk"].astype(str)))
-    manifest["shard"] = manifest["chip_id"].map(chunk_of).where(manifest["status"] == "ok")
+    planned = {(t["region"], t["chunk"]) for t in tasks}
+    stale = remove_stale(root, set_name, planned, spec.webdataset)
+    manifest = build_manifest(index, chunked, results)
     storage.write_table(pa.Table.from_pandas(manifest, preserve_index=False), manifest_uri)
-    counts = manifest["status"].value_counts()
-    summary = IngestSummary(
-        set_name, len(manifest), int(counts.get("ok", 0)), int(counts.get("skipped", 0)),
-        int(counts.get("failed", 0)), sum(1 for r in results if r["written"]),
-        sum(1 for r in results if not r["written"]),
-        stage_seconds(results),
-    )
-    log.info("ingest %s", summary.line())
+    summary = summarise(set_name, manifest, results)
+    summary.index_why = "" if why is None else why
+    summary.stale_removed = len(stale)
+    log.debug("ingest %s", summary.line())  # the experiment prints it (and what was reused) per set
     log.info("ingest %s: shard tasks' time: %s", set_name, summary.stages_line())
     return summary

@@ -172,17 +172,31 @@ class ApiSearch:
         return items[: self.max_items]
 
 
+def stac_lineage(stac) -> dict:
+    """What in a config's ``stac`` section decides the scenes a search returns, in the config's
+    names (``{"datetime": …, "max_cloud_cover": …}``; the synthetic archive's spec for ``synthetic``).
+    Ingest records it in the index's lineage, so a rerun can say ``stac.datetime changed``."""
+    keys = ("kind", "url", "catalog", "collection", "datetime", "max_cloud_cover", "max_items", "seasons")
+    out = {k: getattr(stac, k) for k in keys}
+    if stac.kind == "synthetic":  # the archive is a function of its spec
+        out["synthetic"] = stac.synthetic.model_dump(mode="json")
+    return out
+
+
 def searcher_for(stac, archive_items_uri: str | None = None) -> SceneSearch:
-    """The searcher a config's ``stac`` section asks for."""
+    """The searcher a config's ``stac`` section asks for (its ``lineage``: :func:`stac_lineage`)."""
     kw = dict(collection=stac.collection, datetime_range=stac.datetime,
               max_cloud_cover=stac.max_cloud_cover, max_items=stac.max_items, seasons=stac.seasons)
     if stac.kind == "synthetic":
         if archive_items_uri is None:
             raise ValueError("the synthetic source needs the archive's items file")
-        return StaticSearch.from_uri(archive_items_uri, **kw)
-    if stac.kind == "static":
-        return StaticSearch.from_uri(stac.url, **kw)
-    return ApiSearch(stac.url, retries=stac.retries, backoff_s=stac.backoff_s, timeout_s=stac.timeout_s, **kw)
+        searcher = StaticSearch.from_uri(archive_items_uri, **kw)
+    elif stac.kind == "static":
+        searcher = StaticSearch.from_uri(stac.url, **kw)
+    else:
+        searcher = ApiSearch(stac.url, retries=stac.retries, backoff_s=stac.backoff_s, timeout_s=stac.timeout_s, **kw)
+    searcher.lineage = stac_lineage(stac)
+    return searcher
 
 
 def footprints(items: list[dict]) -> list:

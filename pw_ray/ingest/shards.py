@@ -18,6 +18,22 @@ Parquet layout (readable with plain ``pyarrow`` + ``numpy``, see :func:`read_pix
 WebDataset: per chip ``<chip_id>.npy`` (the (C, H, W) uint16 array) and ``<chip_id>.json``
 (the metadata columns). File names come from content (set, region, chunk), so a rerun writes
 the same names, and every write is atomic.
+
+Storage layout of a set (:func:`parquet_uri`, :func:`wds_uri`)::
+
+    shards/<set>/parquet/<region>/<set>-<region>-<chunk>.parquet
+    shards/<set>/wds/<set>-<region>-<chunk>.tar
+
+``shards/<set>/parquet`` is one dataset and ``shards/<set>/parquet/<region>`` one region of it:
+``pyarrow.parquet.read_table``, ``pandas.read_parquet``, ``ray.data.read_parquet`` and
+``datasets.load_dataset("parquet", data_dir=…)`` each read either folder in one call, and every
+file keeps its ``region`` column, so one file read alone still says its region. Region folders
+are plain names, not hive ``region=<r>`` keys: a hive key beside the column makes pyarrow and
+pandas fail (``string vs dictionary``), and without the column ``datasets`` (which ignores hive
+keys) and a one-region or one-file read lose the region. The tars live outside the Parquet
+folder, so no reader trips over them. Roots written before 2026-12 (``shards/<set>/region=<r>/``)
+are still read (:func:`shard_files`); the next ingest of the set moves them into place
+(:func:`adopt_legacy_layout`).
 """
 
 from __future__ import annotations
@@ -108,13 +124,28 @@ def shard_name(set_name: str, region: str, chunk: int) -> str:
     return f"{set_name}-{region}-{chunk:05d}"
 
 
+#: Folder of the Parquet shards inside ``shards/<set>/``, one subfolder per region.
+PARQUET_DIR = "parquet"
+#: Region folders of the layout written before 2026-12: ``shards/<set>/region=<r>/``.
+LEGACY_REGION_PREFIX = "region="
+
+
+def set_dir(root: str, set_name: str) -> str:
+    """Everything of a set's shards: ``shards/<set>`` (Parquet and WebDataset)."""
+    return storage.join(root, "shards", set_name)
+
+
+def parquet_dir(root: str, set_name: str, region: str | None = None) -> str:
+    """The folder one reader call reads a whole set from (``region``: one region of it)."""
+    return storage.join(set_dir(root, set_name), PARQUET_DIR, *([region] if region else []))
+
+
 def parquet_uri(root: str, set_name: str, region: str, chunk: int) -> str:
-    return storage.join(root, "shards", set_name, f"region={region}",
-                        shard_name(set_name, region, chunk) + ".parquet")
+    return storage.join(parquet_dir(root, set_name, region), shard_name(set_name, region, chunk) + ".parquet")
 
 
 def wds_uri(root: str, set_name: str, region: str, chunk: int) -> str:
-    return storage.join(root, "shards", set_name, "wds", shard_name(set_name, region, chunk) + ".tar")
+    return storage.join(set_dir(root, set_name), "wds", shard_name(set_name, region, chunk) + ".tar")
 
 
 def parquet_bytes(table: pa.Table, row_group_size: int = 128) -> pa.Buffer:
@@ -131,7 +162,16 @@ def write_parquet_shard(table: pa.Table, uri: str, row_group_size: int = 128) ->
 
 
 def webdataset_bytes(table: pa.Table) -> bytes:
-    """A WebDataset tar (``.npy`` + ``.json`` per chip) of a shard table, deterministic."""
+    """A WebDataset tar (``.npy`` + ``.json`` per chip) of a shard table, deterministic.
+
+    Written with ``tarfile``, not ``webdataset.TarWriter``, for a measured reason:
+    ``import webdataset`` imports torch, which ingest workers otherwise never load, and costs
+    every tar-writing process +497 MB resident and ~1 CPU-second (about 6 s of wall time on a busy
+    2-core machine). Per tar the two are the same size (byte for byte: 47,851,520 for 256 chips of
+    10×96×96), both deterministic with ``mtime`` fixed, and TarWriter takes 1.25× the CPU time
+    (``python bench/webdataset_writer.py``, 2026-11-29; docs/benchmarks.md). The layout is WebDataset's
+    own (``<key>.<ext>`` members, the key without dots), read by ``webdataset.WebDataset``.
+    """
     pixels = read_pixels(table)
     meta = table.drop_columns(["pixels"]).to_pylist()
     buf = io.BytesIO()
@@ -154,16 +194,76 @@ def write_wds_shard(table: pa.Table, uri: str) -> None:
     storage.write_bytes(uri, webdataset_bytes(table))
 
 
-#: Marker in the names of files being written (``storage.write_bytes``: ``<name>.tmp-<hex>``,
-#: renamed atomically when complete). Readers never list them as shards.
+#: Marker in the names of files being written (``storage.write_bytes``: ``.<name>.tmp-<hex>``,
+#: renamed atomically when complete). :func:`shard_files` never lists them; the leading dot hides
+#: them from pyarrow, pandas, Ray Data and ``datasets`` reading a whole folder.
 TMP_MARK = ".tmp-"
 
 
+def _layout_of(set_root: str, uri: str) -> str | None:
+    """``"current"`` for ``parquet/<r>/<file>``, ``"legacy"`` for ``region=<r>/<file>``, else None."""
+    parts = uri[len(storage.resolve(set_root)):].strip("/").split("/")
+    if len(parts) == 3 and parts[0] == PARQUET_DIR:
+        return "current"
+    if len(parts) == 2 and parts[0].startswith(LEGACY_REGION_PREFIX):
+        return "legacy"
+    return None
+
+
 def shard_files(root: str, set_name: str) -> list[str]:
-    """All complete Parquet shard files of a set, sorted (temp files of unfinished writes excluded)."""
-    return [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True,
-                                       suffix=".parquet")
-            if "/region=" in u and TMP_MARK not in u.rsplit("/", 1)[-1]]
+    """All complete Parquet shard files of a set in (region, chunk) order; temp files of
+    unfinished writes excluded.
+
+    Reads both layouts: ``parquet/<r>/`` and the older ``region=<r>/``. A chunk present in both
+    (a move by :func:`adopt_legacy_layout` seen half-way) is listed once, from ``parquet/``.
+    """
+    base = set_dir(root, set_name)
+    by_name: dict[str, tuple[int, str]] = {}
+    for u in storage.listdir(base, recursive=True, suffix=".parquet"):
+        name = u.rsplit("/", 1)[-1]
+        layout = _layout_of(base, u)
+        if layout is None or TMP_MARK in name:
+            continue
+        rank = 0 if layout == "current" else 1
+        if name not in by_name or rank < by_name[name][0]:
+            by_name[name] = (rank, u)
+    return [by_name[name][1] for name in sorted(by_name)]
+
+
+def adopt_legacy_layout(root: str, set_name: str) -> int:
+    """Move a set's files from the older ``region=<r>/`` folders into ``parquet/<r>/``.
+
+    Ingest's first step on a rerun, so that chunks written before the layout changed are found
+    where :func:`parquet_uri` looks (reused, not read again) and the set reads as one dataset.
+    A file already present at its new place is kept and the old copy deleted. Returns the
+    number of files moved. Like :func:`remove_partial`, only while no other ingest of the set runs.
+    """
+    base = set_dir(root, set_name)
+    moved = 0
+    for u in storage.listdir(base, recursive=True):
+        if _layout_of(base, u) != "legacy" or TMP_MARK in u.rsplit("/", 1)[-1]:
+            continue
+        folder, name = u[len(storage.resolve(base)):].strip("/").split("/")
+        target = storage.join(parquet_dir(root, set_name, folder[len(LEGACY_REGION_PREFIX):]), name)
+        if storage.exists(target):
+            storage.remove(u)
+        else:
+            storage.move(u, target)
+            moved += 1
+    return moved
+
+
+def wds_files(root: str, set_name: str) -> list[str]:
+    """All complete WebDataset tars of a set, sorted."""
+    return [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True, suffix=".tar")
+            if TMP_MARK not in u.rsplit("/", 1)[-1]]
+
+
+def chunk_of(uri: str) -> tuple[str, int]:
+    """(region, chunk) of a shard file, from its name ``<set>-<region>-<chunk>.<ext>``."""
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    head, chunk = stem.rsplit("-", 1)
+    return head.rsplit("-", 1)[1], int(chunk)
 
 
 def remove_partial(root: str, set_name: str) -> int:
@@ -172,7 +272,7 @@ def remove_partial(root: str, set_name: str) -> int:
     Only call it when no other ingest of this set runs: a live writer's temp file would go too
     (its rename then fails and its task is retried).
     """
-    stale = [u for u in storage.listdir(storage.join(root, "shards", set_name), recursive=True)
+    stale = [u for u in storage.listdir(set_dir(root, set_name), recursive=True)
              if TMP_MARK in u.rsplit("/", 1)[-1]]
     for u in stale:
         storage.remove(u)
@@ -184,6 +284,56 @@ def read_set(root: str, set_name: str, columns: list[str] | None = None) -> pa.T
     files = shard_files(root, set_name)
     if not files:
         raise FileNotFoundError(f"no shards for set {set_name!r} under {root}")
-    tables = [storage.read_table(f, columns=columns) for f in files]
+    tables = [read_shard(f, set_name, columns=columns) for f in files]
     md = tables[0].schema.metadata
     return pa.concat_tables(tables).replace_schema_metadata(md)
+
+
+# --------------------------------------------------------------------------- unreadable shards
+#: How to repair a shard that cannot be read. The stage marker of a finished ingest makes a plain
+#: rerun skip the stage, hence ``--force``; the ingest then writes the chunks whose files are missing.
+SHARD_REPAIR = ("delete it and rerun `pw-ray ingest` (it writes that chunk again and reuses the others; "
+                "`--force` would redo the whole stage)")
+
+
+class CorruptShardError(storage.CorruptFileError):
+    """A shard file that exists but cannot be read; the message names the file, the set and the repair."""
+
+
+def corrupt_shard(uri: str, set_name: str, err: BaseException) -> CorruptShardError:
+    reason = " ".join(str(getattr(err, "__cause__", None) or err).split()) or type(err).__name__
+    return CorruptShardError(f"shard {uri} of set {set_name!r} cannot be read (truncated or overwritten?): "
+                             f"{reason}. To repair: {SHARD_REPAIR}")
+
+
+def read_shard(uri: str, set_name: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard file as a table; :class:`CorruptShardError` naming it and its set when unreadable."""
+    try:
+        return storage.read_table(uri, columns=columns)
+    except storage.CorruptFileError as err:
+        raise corrupt_shard(uri, set_name, err.__cause__ or err) from None
+
+
+def shard_footers(files: list[str], set_name: str, threads: int = 16) -> list:
+    """The Parquet footer (``pyarrow.parquet.FileMetaData``) of every file, read in parallel threads.
+
+    One small ranged read per file, done before a set is streamed so that an unreadable shard
+    fails at once with :class:`CorruptShardError` naming it, not deep inside a Ray Data task.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def footer(uri: str):
+        try:
+            return storage.read_parquet_metadata(uri)
+        except storage.CorruptFileError as err:
+            raise corrupt_shard(uri, set_name, err.__cause__ or err) from None
+
+    if len(files) <= 1:
+        return [footer(f) for f in files]
+    with ThreadPoolExecutor(max_workers=min(threads, len(files))) as pool:
+        return list(pool.map(footer, files))
+
+
+def footer_shape(footer) -> list[int]:
+    """The chip shape ``[C, H, W]`` recorded in a shard's footer (``pw_ray.shape``)."""
+    return json.loads((footer.metadata or {})[b"pw_ray.shape"])

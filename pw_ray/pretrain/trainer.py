@@ -26,7 +26,6 @@ import os
 import tempfile
 import time
 
-import pyarrow.parquet as pq
 
 from pw_ray import storage
 from pw_ray.config import ExperimentConfig
@@ -52,6 +51,15 @@ def tensorboard_dir(root: str, set_name: str) -> str:
     from pw_ray.pretrain.metrics import TB_DIR
 
     return storage.join(run_dir(root, set_name), TB_DIR)
+
+
+def load_state(path: str, map_location="cpu") -> dict:
+    """A checkpoint's ``state.pt``: model and optimizer state dicts, step, epoch, batches done in the
+    epoch and the loop config, all tensors and plain values. ``weights_only=True``: unpickling runs
+    no code from the file (a checkpoint on shared storage is input like any other)."""
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _pixels_to_numpy(batch, shape):
@@ -102,7 +110,7 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=False)
+            state = load_state(os.path.join(d, STATE_FILE), map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
@@ -247,8 +255,9 @@ def _shards(cfg: ExperimentConfig, set_name: str):
         raise FileNotFoundError(f"pretrain {set_name}: no shards under {cfg.root}/shards/{set_name}; run ingest first")
     fs, _ = storage.filesystem(files[0])
     paths = [storage.filesystem(f)[1] for f in files]
-    shape = json.loads(pq.read_schema(paths[0], filesystem=fs).metadata[b"pw_ray.shape"])
-    n_chips = sum(pq.read_metadata(p, filesystem=fs).num_rows for p in paths)
+    footers = S.shard_footers(files, set_name)  # an unreadable shard fails here, named, not in a Ray task
+    shape = S.footer_shape(footers[0])
+    n_chips = sum(f.num_rows for f in footers)
     return fs, paths, shape, n_chips
 
 
@@ -311,6 +320,8 @@ def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_pe
     ds, _, n_chips = pixel_dataset(cfg, set_name, seed=cfg.pretrain_set(set_name).seed)
     lc = loop_config(cfg, set_name, n_chips, normalization)
     t = cfg.train
+    # On an object store Ray gets pw-ray's filesystem (endpoint, region), not one it makes from the URI.
+    storage_path, storage_fs = storage.ray_storage(storage.join(cfg.root, "runs", "pretrain"))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=lc,
@@ -319,7 +330,7 @@ def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_pe
             resources_per_worker={"CPU": t.cpus_per_worker, **t.resources_per_worker}),
         run_config=ray.train.RunConfig(
             name=set_name,  # a fixed name: a new fit() finds the run dir and resumes
-            storage_path=storage.resolve(storage.join(cfg.root, "runs", "pretrain")),
+            storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         ),
@@ -368,7 +379,7 @@ def export_from_checkpoint(cfg: ExperimentConfig, set_name: str, checkpoint, nor
     if checkpoint is None:
         raise RuntimeError(f"pretrain {set_name}: the run finished without a checkpoint to export")
     with checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        state = load_state(os.path.join(d, STATE_FILE))
     model = _build_model(state["config"])
     model.load_state_dict(state["model"])
     _export(cfg, set_name, model, state["step"], normalization)

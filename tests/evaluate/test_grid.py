@@ -129,6 +129,76 @@ def test_trial_resources_follow_the_config():
     assert cpu_only({"cell": {"method": "finetune"}}) == {"cpu": 1}
 
 
+# ----------------------------------------------------------------------------- seeds, train fraction, layer decay
+def _seeds_by_method(cells):
+    out = {}
+    for c in cells:
+        out.setdefault(c["method"], []).append(c["seed"])
+    return {m: sorted(set(v)) for m, v in out.items()}
+
+
+def test_seeds_are_spent_only_where_they_change_the_score(eval_cfg):
+    ev = dict(eval_cfg.evaluation.model_dump(), methods=["knn", "linear", "finetune"], seeds=[3, 1, 2])
+    whole = eval_cfg.model_copy(update={"evaluation": type(eval_cfg.evaluation)(**ev)})
+    assert _seeds_by_method(G.grid_cells(whole)) == {"knn": [3], "linear": [3], "finetune": [1, 2, 3]}
+    n_set_task_region = 2 * 2 * 2
+    assert len(G.grid_cells(whole)) == n_set_task_region * (1 + 1 + 3)
+    few = whole.model_copy(update={"evaluation": type(eval_cfg.evaluation)(**dict(ev, train_fraction=0.5))})
+    cells = G.grid_cells(few)
+    assert _seeds_by_method(cells) == {m: [1, 2, 3] for m in ("knn", "linear", "finetune")}
+    assert all(G.cell_id(c).endswith("__f0.5") for c in cells)
+    assert G.cell_id(G.grid_cells(whole)[0]).endswith("__s3")
+
+
+def test_on_the_whole_training_split_probes_do_not_depend_on_the_seed(eval_cfg):
+    """Why kNN and the linear probe run once: a second seed repeats the first's predictions."""
+    _embed_all(eval_cfg)
+    ev = eval_cfg.evaluation.model_dump()
+    for method in ("knn", "linear"):
+        a, b = (G.evaluate_cell(eval_cfg.root, _cell(eval_cfg, method=method, seed=s), ev) for s in (0, 7))
+        assert a["status"] == b["status"] == "ok"
+        assert (a["accuracy"], a["macro_f1"], a["n_train"]) == (b["accuracy"], b["macro_f1"], b["n_train"])
+
+
+def test_train_fraction_draws_a_seeded_stratified_subsample(eval_cfg):
+    from pw_ray.evaluate import tasks as T
+
+    table = T.read_task(eval_cfg.root, "landcover")
+    train = table[table["split"] == "train"]
+    picks = {s: T.train_subsample(table, 0.5, s, "classification") for s in (0, 1)}
+    for s, sub in picks.items():
+        kept = sub[sub["split"] == "train"]
+        assert sub[sub["split"] != "train"].equals(table[table["split"] != "train"])
+        for label, n in train["label"].value_counts().items():  # every class, about half of it
+            assert (kept["label"] == label).sum() == max(1, round(n * 0.5))
+        assert kept["chip_id"].tolist() == T.train_subsample(table, 0.5, s, "classification")[
+            lambda d: d["split"] == "train"]["chip_id"].tolist()
+    assert set(picks[0]["chip_id"]) != set(picks[1]["chip_id"])
+    assert T.train_subsample(table, 1.0, 0, "classification") is table
+
+    _embed_all(eval_cfg)
+    ev = eval_cfg.evaluation.model_dump()
+    rows = [G.evaluate_cell(eval_cfg.root, _cell(eval_cfg, method="knn", seed=s, train_fraction=0.5), ev)
+            for s in (0, 1)]
+    assert rows[0]["n_train"] == rows[1]["n_train"] == len(picks[0][picks[0]["split"] == "train"])
+    assert rows[0]["n_train"] < len(train) and rows[0]["n_test"] == (table["split"] == "test").sum()
+
+
+def test_layer_decay_reaches_fine_tuning(eval_cfg, monkeypatch):
+    from pw_ray.evaluate import methods as M
+
+    seen = {}
+
+    def fake_finetune(encoder, xtr, ytr, xva, yva, xte, task_type, n_classes, **kw):
+        seen.update(kw)
+        return np.full(len(xte), ytr[0])
+
+    monkeypatch.setattr(M, "finetune", fake_finetune)
+    ev = dict(eval_cfg.evaluation.model_dump(), layer_decay=0.65)
+    row = G.evaluate_cell(eval_cfg.root, _cell(eval_cfg, method="finetune", seed=4), ev)
+    assert row["status"] == "ok" and seen["layer_decay"] == 0.65 and seen["seed"] == 4
+
+
 # ----------------------------------------------------------------------------- progress
 def test_progress_line_counts_done_cells_and_estimates_the_rest():
     assert progress_line(37, 224, 10, 20.0) == "cells 37/224, ETA 6m14s"
@@ -186,3 +256,46 @@ def test_small_grid_completes_then_reruns_nothing(ray_session, eval_cfg, caplog)
     assert {f: os.path.getmtime(f) for f in emb_files} == mtimes
     for c in cells:
         assert G.cell_starts(cfg.root, c) == 1
+
+
+# ----------------------------------------------------------------------------- lineage of results
+def _store(cfg, cell, expected):
+    row = G.evaluate_cell(cfg.root, cell, cfg.evaluation.model_dump())
+    row["lineage"] = expected[G.cell_id(cell)]
+    storage.write_text(G.cell_uri(cfg.root, cell), json.dumps(row, default=G._json_default))
+
+
+def test_a_changed_method_setting_reruns_exactly_the_cells_it_touches(eval_cfg, caplog):
+    _embed_all(eval_cfg)
+    cells = [_cell(eval_cfg, method="knn"), _cell(eval_cfg, method="linear")]
+    ev = eval_cfg.evaluation.model_dump()
+    expected = G.expected_records(eval_cfg.root, cells, ev)
+    for c in cells:
+        _store(eval_cfg, c, expected)
+    assert G.drop_stale_results(eval_cfg.root, cells, ev) == []
+    with caplog.at_level(logging.INFO, logger="pw_ray.evaluate.grid"):
+        dropped = G.drop_stale_results(eval_cfg.root, cells, dict(ev, knn_k=ev["knn_k"] + 2))
+    assert dropped == [G.cell_id(cells[0])]
+    assert "1 stored cell results are stale (evaluation.knn_k changed)" in caplog.text
+    assert storage.exists(G.cell_uri(eval_cfg.root, cells[1]))
+
+
+def test_a_reingested_task_invalidates_its_embeddings_and_cells(eval_cfg, monkeypatch):
+    from pw_ray.config import TaskSpec
+    from pw_ray.evaluate import tasks as T
+
+    _embed_all(eval_cfg)
+    cell = _cell(eval_cfg, method="knn")
+    ev = eval_cfg.evaluation.model_dump()
+    _store(eval_cfg, cell, G.expected_records(eval_cfg.root, [cell], ev))
+    table = T.read_task(eval_cfg.root, "landcover")
+    spec = next(t for t in eval_cfg.tasks if t.name == "landcover")
+    T.write_task(eval_cfg.root, TaskSpec(**spec.model_dump()), table.assign(split=table["split"].iloc[::-1].to_numpy()))
+    calls = []
+    real = EMB.embed_task
+    monkeypatch.setattr(EMB, "embed_task", lambda *a, **k: calls.append(a) or real(*a, **k))
+    EMB.compute_embeddings(eval_cfg.root, "europe", "landcover")
+    assert len(calls) == 1  # other splits: the cached entry is stale
+    EMB.compute_embeddings(eval_cfg.root, "europe", "landcover")
+    assert len(calls) == 1  # and now current
+    assert G.drop_stale_results(eval_cfg.root, [cell], ev) == [G.cell_id(cell)]

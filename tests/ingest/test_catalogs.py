@@ -36,6 +36,18 @@ def test_earth_search_l2a_offset_follows_boa_offset_applied_flag():
     assert es.offset(item, "B04") == -1000  # baseline 05.11 still carries ESA's +1000
 
 
+@pytest.mark.parametrize("baseline, expected", [("05.11", -1000), ("04.00", -1000), ("03.01", 0), ("02.14", 0)])
+def test_earth_search_l2a_unflagged_item_follows_the_baseline_rule_not_raster_bands(baseline, expected):
+    """An unflagged v1 item carries raster:bands offset −0.1 whatever its baseline; it is ignored."""
+    item = json.loads(json.dumps(_items("earthsearch-sentinel-2-l2a.json")[0]))
+    del item["properties"]["earthsearch:boa_offset_applied"]
+    item["properties"]["s2:processing_baseline"] = baseline
+    assert item["assets"]["red"]["raster:bands"][0]["offset"] == -0.1
+    es = adapter_for("earth-search")
+    assert es.offset(item, "B04") == expected and es.offset(item, "B8A") == expected
+    assert es.offset(item, "SCL") == 0
+
+
 def test_earth_search_c1_offset_from_raster_bands():
     item = _items("earthsearch-sentinel-2-c1-l2a.json")[0]
     assert adapter_for("earth-search").offset(item, "B04") == -1000

@@ -142,8 +142,12 @@ def test_a_corrupt_asset_fails_its_scenes_chips_and_the_chunk_goes_on(stac_archi
     assert chunked["chunk"].nunique() == 1
     res = P.write_chunk(chunked, {good["id"]: good, bad["id"]: bad}, str(tmp_path / "root"), "s", "af", 0,
                         PlanetaryComputer(), spec)
-    failed = dict(json.loads(res["failed"]))
+    records = json.loads(res["failed"])
+    failed = {cid: why for cid, why, _ in records}
     assert sorted(failed) == ["bp-000", "bp-001"]
+    # Truncated tiles: GDAL's TIFFReadEncodedTile error (the cause) marks it permanent.
+    assert {kind for _, _, kind in records} == {"permanent"}
+    assert all("TIFFReadEncodedTile" in why for why in failed.values())
     assert all("RasterioIOError" in why or "B05" in why for why in failed.values())
     assert res["n"] == 3
     t = S.read_set(str(tmp_path / "root"), "s")

@@ -23,6 +23,7 @@ from pw_ray import storage
 from pw_ray.config import parse_config
 from pw_ray.ingest import shards as S
 from tests.conftest import TINY_CONFIG
+from tests.ingest.truth import assert_manifest_matches_shards
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # two CLI ingests, each starting its own Ray (≈1–2 min on 2 cores)
@@ -158,6 +159,7 @@ def test_sigkill_mid_shards_then_rerun_gives_the_uninterrupted_result(reference,
     m_ref = storage.read_table(storage.join(reference.root, "manifest", "kill.parquet")).to_pandas()
     assert m["point_id"].is_unique and len(m) == len(m_ref)
     assert (m.sort_values("point_id")["status"].tolist() == m_ref.sort_values("point_id")["status"].tolist())
+    assert_manifest_matches_shards(str(root), "kill")
     # The same number of WebDataset tars as the uninterrupted run, none partial.
     tars = sorted(p.name for p in (root / "shards" / "kill" / "wds").glob("*.tar"))
     ref_tars = sorted(p.name for p in (Path(reference.root) / "shards" / "kill" / "wds").glob("*.tar"))

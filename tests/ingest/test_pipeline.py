@@ -1,6 +1,7 @@
 """The ingest stage on Ray Data, on a tiny synthetic archive (no network)."""
 
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -45,15 +46,15 @@ def test_manifest_has_one_row_per_point_with_a_status(ingested):
 
 def test_shards_are_partitioned_by_region_with_uint16_chips(ingested):
     files = S.shard_files(ingested.root, "mix")
-    assert files and all("/region=" in f for f in files)
+    assert files and all(f.startswith(f"{ingested.root}/shards/mix/parquet/") for f in files)
     t = S.read_set(ingested.root, "mix")
     px = S.read_pixels(t)
     assert px.dtype == np.uint16 and px.shape[1:] == (10, 32, 32)
     assert S.shard_bands(t) == ingested.chips.bands
     m = pq.read_table(storage.join(ingested.root, "manifest", "mix.parquet")).to_pandas()
     assert len(t) == (m["status"] == "ok").sum()
-    for f in files:
-        region = f.split("region=")[1].split("/")[0]
+    for f in files:  # .../parquet/<region>/<file>: the folder and the column agree
+        region = f.rsplit("/", 2)[1]
         assert set(storage.read_table(f, columns=["region"]).column("region").to_pylist()) == {region}
 
 
@@ -83,7 +84,9 @@ def test_webdataset_tars_hold_the_same_chips(ingested):
 
     f = S.shard_files(ingested.root, "mix")[0]
     t = pq.read_table(f)
-    tar = f.replace("/region=" + f.split("region=")[1].split("/")[0], "/wds").replace(".parquet", ".tar")
+    _, region, chunk = f.rsplit("/", 1)[1].removesuffix(".parquet").rsplit("-", 2)
+    tar = S.wds_uri(ingested.root, "mix", region, int(chunk))
+    assert tar == f"{ingested.root}/shards/mix/wds/mix-{region}-{chunk}.tar"
     samples = list(wds.WebDataset(tar, shardshuffle=False).decode())
     assert len(samples) == len(t)
     first = samples[0]
@@ -131,3 +134,78 @@ def test_same_config_gives_same_chips(ingested, ray_session, tmp_path):
     a, b = S.read_set(ingested.root, "mix"), S.read_set(other.root, "mix")
     assert a.column("chip_id").to_pylist() == b.column("chip_id").to_pylist()
     np.testing.assert_array_equal(S.read_pixels(a), S.read_pixels(b))
+
+
+def _manifest_ok(cfg, region=None):
+    m = pq.read_table(storage.join(cfg.root, "manifest", "mix.parquet")).to_pandas()
+    m = m[m["status"] == "ok"]
+    return sorted(m["chip_id"] if region is None else m.loc[m["region"] == region, "chip_id"])
+
+
+def _readers(ray_session, cache):
+    """Each reader a new user reaches for first: folder → DataFrame (chip_id, region)."""
+    import pandas as pd
+    import ray
+
+    out = {
+        "pyarrow": lambda d: pq.read_table(d, columns=["chip_id", "region"]).to_pandas(),
+        "pandas": lambda d: pd.read_parquet(d, columns=["chip_id", "region"]),
+        "ray": lambda d: ray.data.read_parquet(d).select_columns(["chip_id", "region"]).to_pandas(),
+    }
+    try:
+        import datasets
+    except ImportError:
+        return out
+    out["datasets"] = lambda d: datasets.load_dataset("parquet", data_dir=d, split="train", cache_dir=str(cache),
+                                                      columns=["chip_id", "region"]).to_pandas()
+    return out
+
+
+@pytest.mark.parametrize("reader", ["pyarrow", "pandas", "ray", "datasets"])
+def test_a_set_and_a_region_read_as_one_dataset(ingested, ray_session, tmp_path, reader):
+    """``shards/<set>/parquet`` is the whole set and ``…/parquet/<r>`` one region, in one call of
+    each reader, the ``region`` column intact (the tars, in ``shards/<set>/wds``, never in the way)."""
+    readers = _readers(ray_session, tmp_path / "hf-cache")
+    if reader not in readers:
+        if os.environ.get("CI"):
+            pytest.fail("datasets not installed in CI: install the dev extra")
+        pytest.skip("the `datasets` package is not installed (part of the dev extra)")
+    read = readers[reader]
+    assert list((storage.to_local_dir(ingested.root) / "shards" / "mix" / "wds").glob("*.tar"))
+    whole = read(f"{ingested.root}/shards/mix/parquet")
+    assert sorted(whole["chip_id"]) == _manifest_ok(ingested)
+    regions = sorted({str(r) for r in whole["region"]})
+    assert len(regions) >= 2
+    region = regions[0]
+    part = read(f"{ingested.root}/shards/mix/parquet/{region}")
+    assert {str(r) for r in part["region"]} == {region}
+    assert sorted(part["chip_id"]) == _manifest_ok(ingested, region)
+
+
+def test_a_root_in_the_older_layout_is_read_and_moved_on_rerun(ingested, ray_session, tmp_path):
+    """Shards written as ``shards/<set>/region=<r>/`` (before the layout changed) are still read,
+    and the next ingest reuses every chunk and moves it to ``parquet/<r>/`` unchanged."""
+    import shutil
+
+    from pw_ray import experiment as E
+    from pw_ray.ingest.pipeline import run_ingest
+
+    root = tmp_path / "old"
+    shutil.copytree(storage.to_local_dir(ingested.root), root)
+    set_dir = root / "shards" / "mix"
+    for region_dir in sorted((set_dir / "parquet").iterdir()):
+        region_dir.rename(set_dir / f"region={region_dir.name}")
+    (set_dir / "parquet").rmdir()
+    old_files = S.shard_files(str(root), "mix")
+    assert old_files and all("/region=" in f for f in old_files)
+    before = S.read_set(ingested.root, "mix")
+    assert S.read_set(str(root), "mix").equals(before)
+
+    src = E.source(ingested)
+    pts = storage.read_table(storage.join(str(root), "points", "mix.parquet")).to_pandas()
+    s = run_ingest(str(root), "mix", pts, src.searcher, src.adapter, ingested.chips, src.landcover)
+    assert s.chunks_written == 0 and s.chunks_reused == len(old_files)
+    assert not list(set_dir.glob("region=*/*"))
+    assert [f.removeprefix(str(root)) for f in S.shard_files(str(root), "mix")] == \
+        [f.removeprefix(ingested.root) for f in S.shard_files(ingested.root, "mix")]
+    assert S.read_set(str(root), "mix").equals(before)

@@ -73,7 +73,7 @@ def _checkpoints(root: Path) -> list[Path]:
 
 
 def _ckpt_step(path: Path) -> int:
-    return torch.load(path / T.STATE_FILE, map_location="cpu", weights_only=False)["step"]
+    return T.load_state(path / T.STATE_FILE)["step"]
 
 
 def _steps_by_file(root: Path, tag: str = "loss") -> list[list[int]]:
@@ -137,7 +137,7 @@ def test_set_statistics_are_computed_from_the_shards_and_exported(run):
 def test_export_reproduces_the_checkpoints_embeddings(run):
     enc, conf = T.load_encoder(str(run["root"]), SET)
     last = _checkpoints(run["root"])[-1]
-    state = torch.load(last / T.STATE_FILE, map_location="cpu", weights_only=False)
+    state = T.load_state(last / T.STATE_FILE)
     model = T._build_model(state["config"])
     model.load_state_dict(state["model"])
     model.eval()
