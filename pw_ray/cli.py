@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pw-ray: {err}", file=sys.stderr)
         print(f"pw-ray {args.command} failed: {failure_reason(err)}", file=sys.stderr, flush=True)
         return 2
+    if args.command in ("validate", "demo", "run", "evaluate"):
+        from pw_ray.config import scoring_warnings
+
+        for warning in scoring_warnings(cfg):
+            log.warning("config: %s", warning)
+        if cfg.tasks and args.command == "validate":
+            log.info("config: task-region subset sizes are known only after ingest; `pw-ray evaluate` lists the "
+                     "cells it skips (subsets under evaluation.min_subset=%d chips)", cfg.evaluation.min_subset)
     if args.command == "validate":
         from pw_ray.config import dump_config
 

@@ -383,6 +383,10 @@ class EvalSpec(_Strict):
 class AnalysisSpec(_Strict):
     spectral_bins: int = Field(16, gt=1)
     spectral_clusters: int = Field(32, gt=1)
+    codebook_chips: int = Field(256, gt=0, description="chips per pretraining set in the seeded sample the "
+                                                       "shared spectral codebook is fitted on")
+    codebook_pixels: int = Field(64, gt=0, description="pixels drawn from each sampled chip for the codebook")
+    seed: int = Field(0, description="seed of the codebook's chip and pixel sample and of its k-means fit")
     bootstrap: int = Field(1000, ge=0)
     external_sets: str | None = Field(
         None, description="CSV (path or URI) of sets pw-ray did not build: name, diversity values in nats, "
@@ -447,6 +451,33 @@ class ExperimentConfig(_Strict):
             if s.name == name:
                 return s
         raise KeyError(f"no pretraining set {name!r}; known: {[s.name for s in self.pretrain_sets]}")
+
+
+def scoring_warnings(cfg: ExperimentConfig) -> list[str]:
+    """What the config alone says about cells that cannot be scored (empty when nothing is known).
+
+    A static check: with no tasks, or no methods or task regions, the evaluation grid has
+    no cells; a synthetic task planned with fewer points than ``evaluation.min_subset`` cannot
+    fill even its global subset. How many chips each task-region subset really holds is known
+    only after ingest (points are skipped for clouds and no-data): ``evaluate`` reports the
+    cells it skips and why.
+    """
+    ev = cfg.evaluation
+    nothing = ("so no cell can be scored: analyze and report will give the diversity measures only, "
+               "without downstream results or correlations")
+    empty = [f for f in ("methods", "task_regions") if not getattr(ev, f)]
+    if not cfg.tasks:
+        return [f"no tasks: the evaluation grid has no cells, {nothing} (add tasks: to compare the sets "
+                "downstream)"]
+    if empty:
+        return [f"evaluation.{', '.join(empty)} empty: the evaluation grid has no cells, {nothing}"]
+    small = [t for t in cfg.tasks
+             if t.kind in ("synthetic-landcover", "synthetic-population") and t.size < ev.min_subset]
+    out = [f"tasks {t.name}: size {t.size} is below evaluation.min_subset={ev.min_subset}, so none of its "
+           "task-region subsets can be scored" for t in small]
+    if len(small) == len(cfg.tasks):
+        out.append(f"every task is smaller than evaluation.min_subset, {nothing}")
+    return out
 
 
 def _format_error(err: ValidationError) -> str:

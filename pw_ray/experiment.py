@@ -381,6 +381,11 @@ def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
     df = collect_results(cfg, cells)
     ok = df[df["status"] == "ok"]
     print(f"evaluate: {len(ok)} cells scored, {len(df) - len(ok)} skipped", flush=True)
+    if ok.empty:
+        from pw_ray.analyze.stats import no_scores_reason
+
+        print(f"evaluate: nothing was scored: {no_scores_reason(df)}; analyze and report will give the "
+              "diversity measures only", flush=True)
     for line in skipped_summary(df):
         print(f"evaluate: skipped {line}", flush=True)
     _mark(cfg, "evaluate", t0, cells=len(df))
@@ -388,46 +393,28 @@ def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
 
 
 def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
-    import ray
-
-    from pw_ray.analyze import diversity as D
     from pw_ray.analyze import stats as ST
+    from pw_ray.analyze.diversity_job import diversity_table
     from pw_ray.ingest import shards as S
 
     if _skip(cfg, "analyze", force):
         return
     t0 = time.perf_counter()
     a = cfg.analysis
-    # A shared spectral codebook, learnt from a fixed sample of every set's first shard.
-    sample = []
-    for s in cfg.pretrain_sets:
-        files = S.shard_files(cfg.root, s.name)
-        if files:
-            t = S.read_shard(files[0], s.name)
-            sample.append(D.sample_pixels(S.read_pixels(t)[:32], per_chip=64, seed=0))
-    codebook = D.fit_codebook(np.concatenate(sample), a.spectral_clusters, seed=0) if sample else None
-    rows = []
-    for s in cfg.pretrain_sets:
-        acc = D.DiversityAccumulator(a.spectral_bins, codebook)
-        files = S.shard_files(cfg.root, s.name)
-        fs, _ = storage.filesystem(files[0])
-        # The footers hold the chip shape (no need to read a shard's pixels for it), and reading
-        # them all first names an unreadable shard before Ray Data streams the set.
-        shape = S.footer_shape(S.shard_footers(files, s.name)[0])
-        ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs).select_columns(
-            ["pixels", "region", "biome", "landcover"])
-        for batch in ds.iter_batches(batch_size=128, batch_format="pyarrow"):  # streams: never the whole set
-            px = S.column_pixels(batch.column("pixels"), shape)
-            acc.update(px, batch.column("region").to_pylist(), batch.column("biome").to_pylist(),
-                       batch.column("landcover").to_pylist())
-        rows.append({"pretrain_set": s.name, **acc.result()})
-    div = pd.DataFrame(rows)
+    # Ray Data over the shards; the codebook is fitted on a seeded sample of every set.
+    div, _ = diversity_table({s.name: S.shard_files(cfg.root, s.name) for s in cfg.pretrain_sets},
+                             bins=a.spectral_bins, clusters=a.spectral_clusters, codebook_chips=a.codebook_chips,
+                             codebook_pixels=a.codebook_pixels, seed=a.seed)
     storage.write_table(pa.Table.from_pandas(div, preserve_index=False),
                         storage.join(cfg.root, "results", "diversity.parquet"))
     _audit_and_cards(cfg, div)
-    results = storage.read_table(storage.join(cfg.root, "results", "results.parquet")).to_pandas()
-    ok = results[results["status"] == "ok"]
-    method = "linear" if "linear" in set(ok["method"]) else str(ok["method"].iloc[0])
+    for r in div.itertuples(index=False):
+        print(f"analyze: {r.pretrain_set}: {r.n_chips} chips, entropy (nats) continent {r.continent_entropy:.3f} "
+              f"biome {r.biome_entropy:.3f} land cover {r.landcover_entropy:.3f} spectral hist "
+              f"{r.spectral_entropy_hist:.3f} codebook {r.spectral_entropy_codebook:.3f}", flush=True)
+    results_uri = storage.join(cfg.root, "results", "results.parquet")
+    results = storage.read_table(results_uri).to_pandas() if storage.exists(results_uri) else None
+    ok = results[results["status"] == "ok"] if results is not None else None
     ext = None
     if a.external_sets:  # published sets beside the measured ones; a validated copy for the report
         from pw_ray.analyze.external import read_external_sets
@@ -436,18 +423,26 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
         ext.check_against([s.name for s in cfg.pretrain_sets] + ["zero"], [t.name for t in cfg.tasks])
         storage.write_table(pa.Table.from_pandas(ext.table, preserve_index=False),
                             storage.join(cfg.root, "results", "external_sets.parquet"))
+    corr_uri = storage.join(cfg.root, "results", "correlations.parquet")
+    if ok is None or ok.empty:  # nothing was scored: the diversity measures are the whole result
+        if storage.exists(corr_uri):
+            storage.remove(corr_uri)  # from an earlier config that had scores; it would mislead the report
+        print(f"analyze: no downstream results, so diversity measures only and no correlation with "
+              f"performance: {ST.no_scores_reason(results)}", flush=True)
+        _mark(cfg, "analyze", t0, scored=0)
+        return
+    method = "linear" if "linear" in set(ok["method"]) else str(ok["method"].iloc[0])
     table = ST.main_table(ok, method=method, task_region="global", extra=None if ext is None else ext.scores)
     perf = table.set_index("pretrain_set")["mean_performance"]
     div_all = div if ext is None else pd.concat([div, ext.diversity], ignore_index=True)
     corr = ST.correlation_table(div_all, perf, external=[] if ext is None else ext.names, n_boot=a.bootstrap, seed=0)
-    storage.write_table(pa.Table.from_pandas(corr, preserve_index=False),
-                        storage.join(cfg.root, "results", "correlations.parquet"))
+    storage.write_table(pa.Table.from_pandas(corr, preserve_index=False), corr_uri)
     for r in corr.itertuples(index=False):
         print(f"analyze: {r.measure:>28s}  Spearman ρ = {r.spearman_rho:+.2f} "
               f"[{r.spearman_ci_low:+.2f}, {r.spearman_ci_high:+.2f}] p = {r.spearman_p:.3f} "
               f"(permutation {r.spearman_p_perm:.3f})  "
               f"n = {r.n} ({r.sets} sets, {r.n_external} external)", flush=True)
-    _mark(cfg, "analyze", t0)
+    _mark(cfg, "analyze", t0, scored=len(ok))
 
 
 def _audit_and_cards(cfg: ExperimentConfig, diversity: pd.DataFrame) -> None:
@@ -471,6 +466,9 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
         return storage.join(out, "index.html")
     t0 = time.perf_counter()
     res = lambda name: storage.read_table(storage.join(cfg.root, "results", name)).to_pandas()  # noqa: E731
+
+    def res_if_any(name):  # results and correlations are missing when nothing was scored
+        return res(name) if storage.exists(storage.join(cfg.root, "results", name)) else None
     points = pd.concat([storage.read_table(storage.join(cfg.root, "points", f"{s.name}.parquet")).to_pandas()
                         for s in cfg.pretrain_sets])
     chips_by_set, counts = {}, []
@@ -490,8 +488,8 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
 
         external = parse_external_sets(res("external_sets.parquet"), origin=cfg.analysis.external_sets)
     render = functools.partial(
-        write_report, external=external, results=res("results.parquet"), diversity=res("diversity.parquet"),
-        correlations=res("correlations.parquet"), points=points, chips_by_set=chips_by_set,
+        write_report, external=external, results=res_if_any("results.parquet"), diversity=res("diversity.parquet"),
+        correlations=res_if_any("correlations.parquet"), points=points, chips_by_set=chips_by_set,
         manifest_counts=pd.DataFrame(counts).set_index("pretrain_set"),
         leakage=leakage.read_audit(cfg.root), exclusion_m=cfg.exclusion_m,
         continents_path=str(pkg_files("pw_ray") / "data" / "continents.geojson"),

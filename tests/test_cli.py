@@ -39,6 +39,14 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "demo" in out.stdout
 
 
+def test_validate_warns_when_no_cell_can_be_scored(tmp_path, caplog):
+    cfg = tmp_path / "notasks.yaml"
+    cfg.write_text(f"root: {tmp_path}\npretrain_sets:\n  - {{name: eu, region: eu, size: 5}}\n")
+    assert main(["validate", "--config", str(cfg)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("no tasks" in w and "no cell can be scored" in w for w in warnings)
+
+
 def test_demo_takes_root_like_every_command():
     for flag in ("--root", "--out"):
         assert build_parser().parse_args(["demo", flag, "/tmp/somewhere"]).out == "/tmp/somewhere"

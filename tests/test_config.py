@@ -87,6 +87,30 @@ def test_api_source_requires_url():
         parse_config(_with(stac={"kind": "api"}))
 
 
+def _without_tasks(**changes):
+    data = {k: v for k, v in TINY_CONFIG.items() if k != "tasks"}
+    return parse_config(dict(data, root="/tmp/x", **changes))
+
+
+def test_scoring_warnings_say_a_config_without_tasks_scores_nothing():
+    from pw_ray.config import scoring_warnings
+
+    (warning,) = scoring_warnings(_without_tasks())
+    assert warning.startswith("no tasks:") and "diversity measures only" in warning
+
+
+def test_scoring_warnings_name_empty_methods_and_tasks_below_min_subset():
+    from pw_ray.config import scoring_warnings
+
+    assert "evaluation.methods empty" in scoring_warnings(
+        parse_config(dict(TINY_CONFIG, root="/tmp/x", evaluation={"methods": []})))[0]
+    small = [{"name": "lc", "kind": "synthetic-landcover", "size": 8}]
+    warnings = scoring_warnings(_without_tasks(tasks=small, evaluation={"min_subset": 10}))
+    assert warnings[0].startswith("tasks lc: size 8 is below evaluation.min_subset=10")
+    assert "no cell can be scored" in warnings[1]
+    assert scoring_warnings(parse_config(dict(TINY_CONFIG, root="/tmp/x"))) == []
+
+
 def test_bands_l2a_lacks_are_refused_with_the_allowed_list():
     with pytest.raises(ConfigError) as e:
         parse_config(_with(chips={"bands": ["B02", "B03", "B10", "B11"]}))

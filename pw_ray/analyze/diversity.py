@@ -20,7 +20,9 @@ chip ``x`` of shape ``(C, H, W)``, uint16 reflectance ×1e4:
 3. chip value = mean over bands ``(1/C) Σ_c H_c``; it lies in ``[0, ln bins]``.
 
 The set value is the mean of the chip values. The range is fixed (not per chip or per
-set) so that values are comparable across chips and sets.
+set) so that values are comparable across chips and sets. For uint16 chips the bin of
+every possible value is precomputed once with the same float formula (a 65 536-entry
+table), so binning is one lookup per value and gives the same bins as the formula.
 
 **Spectral entropy, variant "codebook"**. A codebook of ``k`` spectra (k-means centres of
 per-pixel spectra divided by 10000, i.e. reflectance) is fitted once, on pixels pooled
@@ -34,10 +36,11 @@ the spread of each band separately.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from scipy.special import xlogy
@@ -46,7 +49,11 @@ log = logging.getLogger(__name__)
 
 #: Reflectance scale of the uint16 chips: stored value = reflectance × 10000.
 REFLECTANCE_SCALE = 10000.0
-_CHUNK = 32  # chips per vectorised step: bounds the temporary (chunk, C, H·W) arrays
+_CHUNK = 32  # chips per vectorised step of "hist": bounds the temporary (chunk, C, H·W) arrays
+#: Chips per step of "codebook": its (chunk, H·W, k) float64 distance table stays small enough
+#: to live in cache between the matmul, the add and the argmin (32 chips of 96×96 px and
+#: k = 32 would be 75 MB; measured 0.84 → 0.61 ms per chip going from 32 to 2).
+_CODEBOOK_CHUNK = 2
 
 
 def _entropy_rows(counts: np.ndarray) -> np.ndarray:
@@ -76,8 +83,12 @@ def _is_missing(v) -> bool:
 
 def category_entropy(values: Iterable) -> float:
     """Shannon entropy (nats) of the category shares in ``values``; None / NaN are skipped."""
-    counts = Counter(v for v in values if not _is_missing(v))
-    return shannon_entropy(list(counts.values()))
+    return _counter_entropy(Counter(v for v in values if not _is_missing(v)))
+
+
+def _counter_entropy(counts: Counter) -> float:
+    # Sorted counts: the same value however the counts were gathered (merge order, batches).
+    return shannon_entropy(sorted(counts.values()))
 
 
 # --------------------------------------------------------------------------- variant "hist"
@@ -91,6 +102,18 @@ def _check_chips(chips: np.ndarray, ndim: int) -> np.ndarray:
     return chips
 
 
+@functools.lru_cache(maxsize=8)
+def _uint16_bins(bins: int, lo: float, hi: float) -> np.ndarray:
+    """Bin index (intp) of every uint16 value, by the same float64 formula as the general path."""
+    return _bin_index(np.arange(65536, dtype=np.float64), bins, lo, hi)
+
+
+def _bin_index(x: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
+    idx = np.floor((np.clip(x, lo, hi) - lo) * (bins / (hi - lo))).astype(np.intp)
+    np.minimum(idx, bins - 1, out=idx)  # the value ``hi`` belongs to the last bin
+    return idx
+
+
 def spectral_entropy_hist_batch(chips, bins: int = 16,
                                 value_range: tuple[float, float] = (0, REFLECTANCE_SCALE)) -> np.ndarray:
     """Per-chip spectral entropy, variant "hist", of ``(N, C, H, W)`` chips → ``(N,)`` nats."""
@@ -101,14 +124,15 @@ def spectral_entropy_hist_batch(chips, bins: int = 16,
     if not hi > lo:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
     n, c = chips.shape[:2]
+    # uint8/uint16 chips: one table lookup per value instead of clip, scale, floor and cast.
+    table = _uint16_bins(bins, lo, hi) if chips.dtype in (np.uint8, np.uint16) else None
     out = np.empty(n, dtype=np.float64)
     for start in range(0, n, _CHUNK):
-        x = chips[start:start + _CHUNK].reshape(-1, c, chips.shape[2] * chips.shape[3]).astype(np.float64)
-        idx = np.floor((np.clip(x, lo, hi) - lo) * (bins / (hi - lo))).astype(np.int64)
-        np.minimum(idx, bins - 1, out=idx)  # the value ``hi`` belongs to the last bin
+        x = chips[start:start + _CHUNK].reshape(-1, c, chips.shape[2] * chips.shape[3])
+        idx = table[x] if table is not None else _bin_index(x.astype(np.float64), bins, lo, hi)
         b = x.shape[0]
         # One bincount for all (chip, band) pairs: offset each pair's bins.
-        idx += (np.arange(b * c, dtype=np.int64) * bins).reshape(b, c, 1)
+        idx += (np.arange(b * c, dtype=np.intp) * bins).reshape(b, c, 1)
         counts = np.bincount(idx.ravel(), minlength=b * c * bins).reshape(b, c, bins)
         out[start:start + b] = _entropy_rows(counts).mean(axis=1)
     return out
@@ -174,13 +198,18 @@ def spectral_entropy_codebook_batch(chips, codebook) -> np.ndarray:
     n, c = chips.shape[:2]
     codebook = _check_codebook(codebook, c)
     k = codebook.shape[0]
+    # ||x − c||² = ||x||² − 2 x·c + ||c||²; ||x||² is the same for every codeword, so the nearest
+    # codeword minimises ||c||² + x·(−2c). Scaling by −2 is exact in floating point, so this
+    # equals ||c||² − 2 (x·c) bit for bit, with one pass fewer over the distance table.
     cb_sq = (codebook ** 2).sum(axis=1)
+    minus_2cb_t = np.ascontiguousarray(-2.0 * codebook.T)  # (C, k)
     out = np.empty(n, dtype=np.float64)
-    for start in range(0, n, _CHUNK):
-        x = chips[start:start + _CHUNK].reshape(-1, c, chips.shape[2] * chips.shape[3])
+    for start in range(0, n, _CODEBOOK_CHUNK):
+        x = chips[start:start + _CODEBOOK_CHUNK].reshape(-1, c, chips.shape[2] * chips.shape[3])
         x = x.transpose(0, 2, 1).astype(np.float64) / REFLECTANCE_SCALE  # (b, HW, C)
-        # ||x − c||² = ||x||² − 2 x·c + ||c||²; ||x||² is the same for every codeword.
-        nearest = np.argmin(cb_sq - 2.0 * (x @ codebook.T), axis=2)  # (b, HW)
+        dist = x @ minus_2cb_t  # (b, HW, k)
+        dist += cb_sq
+        nearest = np.argmin(dist, axis=2)  # (b, HW)
         b = x.shape[0]
         nearest += (np.arange(b) * k)[:, None]
         counts = np.bincount(nearest.ravel(), minlength=b * k).reshape(b, k)
@@ -250,15 +279,31 @@ class DiversityAccumulator:
         self._codebook_sum += other._codebook_sum
         return self
 
+    def state(self) -> dict:
+        """The counts and sums as plain Python (ints, floats, str → int dicts): what a worker
+        sends back to be merged with :meth:`merge_state`; JSON-serialisable."""
+        return {"n_chips": self.n_chips, "hist_sum": self._hist_sum, "codebook_sum": self._codebook_sum,
+                "regions": dict(self.regions), "biomes": dict(self.biomes), "landcovers": dict(self.landcovers)}
+
+    def merge_state(self, state: Mapping) -> DiversityAccumulator:
+        """Add a :meth:`state` computed with the same bins and codebook (the caller's duty)."""
+        self.n_chips += int(state["n_chips"])
+        self._hist_sum += float(state["hist_sum"])
+        self._codebook_sum += float(state["codebook_sum"])
+        self.regions.update(state["regions"])
+        self.biomes.update(state["biomes"])
+        self.landcovers.update(state["landcovers"])
+        return self
+
     def result(self) -> dict[str, float | int]:
         """The diversity.parquet fields (without ``pretrain_set``); NaN where nothing was seen."""
         nan = float("nan")
         n = self.n_chips
         return {
             "n_chips": n,
-            "continent_entropy": shannon_entropy(list(self.regions.values())),
-            "biome_entropy": shannon_entropy(list(self.biomes.values())),
-            "landcover_entropy": shannon_entropy(list(self.landcovers.values())),
+            "continent_entropy": _counter_entropy(self.regions),
+            "biome_entropy": _counter_entropy(self.biomes),
+            "landcover_entropy": _counter_entropy(self.landcovers),
             "spectral_entropy_hist": self._hist_sum / n if n else nan,
             "spectral_entropy_codebook": self._codebook_sum / n if n and self.codebook is not None else nan,
         }

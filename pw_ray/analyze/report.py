@@ -231,10 +231,19 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
     ext_names = set(external.names) if external is not None else set()
     ext_scores = external.scores if external is not None else None
 
+    # Results given but nothing scored (no tasks, every subset too small): say so where the
+    # downstream tables would be, and show the diversity measures as the whole result.
+    no_scores = stats.no_scores_reason(results) if results is not None else ""
+    no_results = (f"No downstream results: {no_scores}." if no_scores
+                  else "Skipped: no evaluation results were given.")
     if not _empty(results) and "status" in results.columns:
         results = results[results["status"] == "ok"]  # skipped cells carry no score
     _exclusion_note(doc, leakage, exclusion_m)
     summary = None if _empty(results) else stats.with_extra(stats.summarise(results), ext_scores)
+    if no_scores:
+        doc.note(f"{no_results} This report shows the diversity of the pretraining sets and their chips only; "
+                 "add tasks (with task-region subsets of at least evaluation.min_subset chips) to compare "
+                 "the sets downstream.")
     perf = head_method = head_region = None
     if summary is not None:
         methods = sorted(summary["method"].unique(), key=lambda m: (_METHOD_ORDER.get(m, 99), m))
@@ -249,7 +258,7 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
 
     doc.heading("Main results")
     if summary is None:
-        doc.note("Skipped: no evaluation results were given.")
+        doc.note(no_results)
     else:
         for method in methods:
             regions = summary.loc[summary["method"] == method, "task_region"].unique()
@@ -280,7 +289,7 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
 
     doc.heading("Per task region")
     if summary is None:
-        doc.note("Skipped: no evaluation results were given.")
+        doc.note(no_results)
     else:
         doc.para("Mean ± std over seeds of each task's score on each task region's subset; best per column in bold.")
         for method in methods:
@@ -316,7 +325,8 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
 
     doc.heading("Diversity and performance")
     if _empty(correlations):
-        doc.note("Skipped: no correlation table was given.")
+        doc.note("No downstream results, so no correlation with performance." if no_scores
+                 else "Skipped: no correlation table was given.")
     else:
         c = correlations
         n_boot = int(c["n_boot"].iloc[0]) if "n_boot" in c.columns else None

@@ -151,6 +151,23 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} lacks columns {missing}; has {list(df.columns)}")
 
 
+def no_scores_reason(results: pd.DataFrame | None) -> str:
+    """Why ``results`` (results.parquet rows, or None when it is missing) hold no scored cell; ''
+    when some cell is scored. Said by analyze and by the report in place of the tables."""
+    if results is None:
+        return "results/results.parquet does not exist: run `pw-ray evaluate`"
+    if len(results) == 0:
+        return ("the evaluation grid has no cells: the config has no tasks (or no evaluation.methods "
+                "or task_regions)")
+    status = results["status"] if "status" in results.columns else pd.Series(["ok"] * len(results))
+    if (status == "ok").any():
+        return ""
+    reasons = results.get("reason", pd.Series([""] * len(results))).fillna("").astype(str)
+    common = reasons[reasons != ""].value_counts()
+    first = f"; most often: {common.index[0]}" if len(common) else ""
+    return f"all {len(results)} cells were skipped{first}"
+
+
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and std of ``score`` over seeds per (pretrain_set, task, task_region, method).
 
