@@ -194,9 +194,15 @@ class ChipSpec(_Strict):
         0.05, ge=0, le=1, description="largest share of a set's chips that may fail (errors, not cloud or no-data "
                                       "skips) before the ingest exits non-zero and is not marked done")
     ingest_parallelism: int | None = Field(
-        None, gt=0, description="ingest tasks in flight at once; unset: max(cluster CPUs now, work units "
-                                "capped at 64), so a cluster that starts with no worker CPUs still sees "
-                                "enough pending tasks for the autoscaler to add CPU workers")
+        None, gt=0, description="ingest tasks in flight at once; unset: one per work unit (chunk, index part) up "
+                                "to the CPUs the cluster can grow to (chips.ingest_max_cpus, else the cluster "
+                                "YAML: $PW_RAY_CLUSTER_YAML or ~/ray_bootstrap_config.yaml), never below the "
+                                "CPUs it has now, so an autoscaler sees the demand it must grow to")
+    ingest_max_cpus: int | None = Field(
+        None, gt=0, description="CPUs the cluster can grow to for ingest (caps the default task pool); unset: "
+                                "read from the cluster YAML ($PW_RAY_CLUSTER_YAML, or the "
+                                "~/ray_bootstrap_config.yaml `ray up` leaves on the head), else one task per "
+                                "work unit")
 
     @field_validator("bands")
     @classmethod
@@ -224,6 +230,18 @@ class ModelSpec(_Strict):
     normalization: Literal["fmow", "set"] = Field(
         "fmow", description="per-band clip/scale statistics: SatMAE's fMoW-Sentinel ones, or recomputed "
                             "from the pretraining set's shards (saved in the export's config.json)")
+    loss_pairing: Literal["official", "per_group"] = Field(
+        "official", description="official: SatMAE's loss, which compares the group-ordered predictions with "
+                                "the channel-ordered target (what the paper trained; with the default groups "
+                                "some predictions are scored against another band); per_group: each group "
+                                "scored against its own bands (the corrected variant). docs/pretrain.md")
+    spatial_mask: bool = Field(
+        False, description="mask the same spatial positions in every band group (SatMAE's --spatial_mask); "
+                           "false: independent masking over all group tokens, SatMAE's default and the paper's")
+    input_quantization: Literal["uint8", "none"] = Field(
+        "uint8", description="uint8: after clip/scale, keep SatMAE's 256 levels (floor(255·x)/255, as its "
+                             "SentinelNormalize + ToTensor); none: the unquantised float. Applies to "
+                             "pretraining and to every embedding of the exported encoder")
 
     @field_validator("groups")
     @classmethod
@@ -246,6 +264,9 @@ class TrainSpec(_Strict):
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per worker, e.g. {accelerator_type:H100: 0.001}")
     compile: bool = Field(False, description="torch.compile the model in each worker")
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="autocast on GPU workers: bf16; fp16 with a gradient scaler (SatMAE's "
+                            "torch.cuda.amp.autocast + NativeScaler); fp32. CPU workers always train in fp32")
     shuffle_buffer: int = Field(256, ge=0, description="chips per worker in the local shuffle buffer (0: off)")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
@@ -357,6 +378,11 @@ class EvalSpec(_Strict):
     min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
     include_zero: bool = True
     finetune_epochs: int = Field(2, gt=0)
+    pooling: Literal["mean_then_norm", "norm_then_mean"] = Field(
+        "mean_then_norm", description="patch tokens → one vector: mean_then_norm is SatMAE's fine-tuning head "
+                                      "(global_pool: mean of the last block's tokens, then a fresh LayerNorm "
+                                      "fc_norm); norm_then_mean applies the encoder's pretrained final norm to "
+                                      "each token, then averages")
     layer_decay: float | None = Field(
         None, gt=0, le=1, description="fine-tuning's layer-wise lr decay (MAE/SatMAE: 0.75): transformer "
                                       "block i of L trains at lr·decay^(L−i), the patch embedding at "
@@ -393,6 +419,34 @@ class AnalysisSpec(_Strict):
                           "per-task scores; shown beside the measured sets (README: External sets)")
 
 
+class EstimateSpec(_Strict):
+    """Prices and rates for ``pw-ray estimate``; unset rates use measured or labelled defaults."""
+
+    price_cpu_hour: float | None = Field(None, ge=0, description="price of one vCPU-hour on CPU-only nodes "
+                                                                 "(ingest, analyze, CPU trials); unset: no cost")
+    price_gpu_hour: float | None = Field(None, ge=0, description="price of one GPU-hour on GPU nodes, their CPUs "
+                                                                 "and memory included; unset: no cost")
+    price_storage_gb_month: float | None = Field(None, ge=0, description="object-store price per GB (10⁹ bytes) "
+                                                                         "and month; unset: no storage cost")
+    storage_months: float = Field(1.0, gt=0, description="months the outputs are kept, for the storage cost")
+    gpu_peak_tflops: float | None = Field(None, gt=0, description="dense bf16/fp16 peak of one GPU of the cluster, "
+                                                                  "TFLOP/s (its data sheet); GPU-hours need it "
+                                                                  "unless a bench/gpu_step.py calibration is given")
+    mfu: float | None = Field(None, gt=0, le=1, description="model FLOPs utilisation of training and "
+                                                            "evaluation on GPU; unset: a calibration's, else the "
+                                                            "documented or assumed default that estimate prints")
+    ingest_chips_per_cpu_s: float | None = Field(None, gt=0, description="chips one CPU ingests per second; "
+                                                                         "unset: a calibration's, else the "
+                                                                         "documented bench/ingest.py figure")
+    analyze_chips_per_cpu_s: float | None = Field(None, gt=0, description="chips one CPU measures per second "
+                                                                          "in analyze; unset: a calibration's, "
+                                                                          "else the documented bench figure")
+    search_cell_km: float | None = Field(None, gt=0, description="side of the cells the per-tile scene search "
+                                                                 "groups points by, km; unset: a Sentinel-2 tile")
+    stac_page_size: int | None = Field(None, gt=0, description="items per page of a STAC search; unset: the "
+                                                               "assumption estimate prints")
+
+
 class ExperimentConfig(_Strict):
     name: str = "pretrain-where"
     root: str = Field(description="storage root URI: local path, s3://, gs://")
@@ -405,6 +459,8 @@ class ExperimentConfig(_Strict):
     plan: PlanSpec = PlanSpec()
     evaluation: EvalSpec = EvalSpec()
     analysis: AnalysisSpec = AnalysisSpec()
+    estimate: EstimateSpec = Field(EstimateSpec(), description="prices and rates for `pw-ray estimate` only; "
+                                                              "no stage reads them")
 
     @model_validator(mode="after")
     def _cross(self):
@@ -417,6 +473,14 @@ class ExperimentConfig(_Strict):
         missing = [b for b in grouped if b not in self.chips.bands]
         if missing:
             raise ValueError(f"model.groups use bands not in chips.bands: {missing}")
+        if self.model.loss_pairing == "official" and sorted(grouped) != sorted(self.chips.bands):
+            left_out = [b for b in self.chips.bands if b not in grouped]
+            repeated = sorted({b for b in grouped if grouped.count(b) > 1})
+            raise ValueError(f"model.loss_pairing 'official' needs model.groups to hold every band of chips.bands "
+                             f"exactly once (SatMAE scores its predictions against every channel); "
+                             + "; ".join(f"{what}: {bands}" for what, bands in
+                                         (("left out", left_out), ("repeated", repeated)) if bands)
+                             + "; set model.loss_pairing: per_group, or group every band once")
         if self.chips.size_px % self.model.patch_size:
             raise ValueError(
                 f"chips.size_px ({self.chips.size_px}) must be a multiple of model.patch_size ({self.model.patch_size})"

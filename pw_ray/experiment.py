@@ -30,7 +30,9 @@ STAGES = ("plan", "ingest", "pretrain", "evaluate", "analyze", "report")
 
 # ----------------------------------------------------------------------------- bookkeeping
 def _digest(cfg: ExperimentConfig) -> str:
-    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+    # `estimate` (prices, rates) shapes no stage's work: editing it must not re-enter done stages.
+    return hashlib.sha256(dump_config(cfg.model_copy(update={"estimate": type(cfg.estimate)()})).encode()
+                          ).hexdigest()[:16]
 
 
 def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
@@ -374,7 +376,7 @@ def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
              if cfg.evaluation.cache_embeddings and any(m in ("knn", "linear") for m in cfg.evaluation.methods)]
     gpu = cfg.evaluation.gpus_per_probe
     embed = ray.remote(num_cpus=1, num_gpus=gpu)(compute_embeddings)
-    refs = [embed.remote(cfg.root, s, t) for s, t in needs]
+    refs = [embed.remote(cfg.root, s, t, pooling=cfg.evaluation.pooling) for s, t in needs]
     log.info("evaluate: embeddings for %d (encoder, task) pairs (cached ones are reused)", len(refs))
     ray.get(refs)
     run_grid(cfg, cells)

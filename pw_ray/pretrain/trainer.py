@@ -86,7 +86,9 @@ def _build_model(config: dict):
     from pw_ray.models.satmae import build_mae
 
     return build_mae(config["preset"], config["bands"], config["groups"], img_size=config["img_size"],
-                     patch_size=config["patch_size"], norm_pix_loss=config["norm_pix_loss"])
+                     patch_size=config["patch_size"], norm_pix_loss=config["norm_pix_loss"],
+                     loss_pairing=config.get("loss_pairing", "official"),
+                     spatial_mask=config.get("spatial_mask", False))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -106,6 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = _build_model(config).to(device)
     base_lr = St.effective_lr(config["blr"], config["batch_size"], config["accum_steps"], world)
     optimizer = St.make_optimizer(model, base_lr, config["weight_decay"])
+    autocast, scaler = St.mixed_precision(config.get("precision", "bf16"), device)
     step = epoch = batches_done = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
@@ -113,6 +116,8 @@ def train_loop_per_worker(config: dict) -> None:
             state = load_state(os.path.join(d, STATE_FILE), map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
         log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, step, epoch, batches_done)
     start_step = last_ckpt_step = step
@@ -123,7 +128,6 @@ def train_loop_per_worker(config: dict) -> None:
     core = St.unwrap(model)
     mean = torch.tensor(config["mean"], dtype=torch.float32, device=device)
     std = torch.tensor(config["std"], dtype=torch.float32, device=device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
     total, accum = config["total_steps"], config["accum_steps"]
     global_batch = config["batch_size"] * accum * world
     metrics_log = MetricsLog(config["tensorboard_uri"]) if rank == 0 and config["tensorboard_uri"] else None
@@ -170,6 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "scaler": scaler.state_dict() if scaler is not None else None,
                         "epoch": epoch, "batches_in_epoch": batches_done, "config": config},
                        os.path.join(d, STATE_FILE))
             if metrics_log:
@@ -190,7 +195,8 @@ def train_loop_per_worker(config: dict) -> None:
             out = St.train_step(model, batch["pixels"], optimizer, step=step,
                                 lr=St.lr_at(step, total, config["warmup_steps"], base_lr), mean=mean, std=std,
                                 mask_ratio=config["mask_ratio"], accum_steps=accum, micro_step=micro,
-                                grad_clip=config["grad_clip"], autocast_dtype=autocast)
+                                grad_clip=config["grad_clip"], autocast_dtype=autocast, scaler=scaler,
+                                input_quantization=config.get("input_quantization", "uint8"))
             window["loss"] += out["loss"]
             window["n"] += 1
             ready = time.perf_counter()
@@ -237,7 +243,8 @@ def loop_config(cfg: ExperimentConfig, set_name: str, n_chips: int, normalizatio
     return dict(
         set_name=set_name, preset=m.preset, bands=list(cfg.chips.bands), groups=[list(g) for g in m.groups],
         img_size=cfg.chips.size_px, patch_size=m.patch_size, norm_pix_loss=m.norm_pix_loss,
-        mask_ratio=m.mask_ratio, blr=t.blr, weight_decay=t.weight_decay, batch_size=t.batch_size,
+        loss_pairing=m.loss_pairing, spatial_mask=m.spatial_mask, input_quantization=m.input_quantization,
+        precision=t.precision, use_gpu=t.use_gpu, mask_ratio=m.mask_ratio, blr=t.blr, weight_decay=t.weight_decay, batch_size=t.batch_size,
         accum_steps=t.accum_steps, epochs=t.epochs, total_steps=total,
         warmup_steps=int(t.warmup_epochs * spe), grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
         log_every=t.log_every, report_interval_s=REPORT_INTERVAL_S,
@@ -359,6 +366,10 @@ def pretrain_set(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per
     trainer, lc, normalization = build_trainer(cfg, set_name, train_loop)
     log.info("pretrain %s: %d steps on %d worker(s) → %s", set_name, lc["total_steps"], cfg.train.num_workers,
              run_dir(cfg.root, set_name))
+    from pw_ray.pretrain.step import recipe_variants
+
+    log.info("pretrain %s: SatMAE recipe variants (docs/pretrain.md, Fidelity to SatMAE): %s", set_name,
+             ", ".join(f"{k}={v}" for k, v in recipe_variants(lc).items()))
     t0 = time.perf_counter()
     result = trainer.fit()
     if result.error:
@@ -382,16 +393,23 @@ def export_from_checkpoint(cfg: ExperimentConfig, set_name: str, checkpoint, nor
         state = load_state(os.path.join(d, STATE_FILE))
     model = _build_model(state["config"])
     model.load_state_dict(state["model"])
-    _export(cfg, set_name, model, state["step"], normalization)
+    _export(cfg, set_name, model, state["step"], normalization, state["config"])
     return {"set": set_name, "steps": state["step"], "epoch": state["epoch"]}
 
 
-def _export(cfg: ExperimentConfig, set_name: str, model, step: int, normalization: dict) -> None:
-    """``export/encoder.pt`` + ``config.json`` (written last: a present config.json is a complete export)."""
-    from pw_ray.models.export import export_encoder
+def _export(cfg: ExperimentConfig, set_name: str, model, step: int, normalization: dict, run_config: dict) -> None:
+    """``export/encoder.pt`` + ``config.json`` (written last: a present config.json is a complete export).
 
+    ``run_config`` is the loop config the weights were trained with: the export records its
+    SatMAE recipe variants, and its input quantisation in ``normalization`` for every later embedding.
+    """
+    from pw_ray.models.export import export_encoder
+    from pw_ray.pretrain.step import recipe_variants
+
+    normalization = {**normalization, "quantize": run_config["input_quantization"]}
     extra = {"set": set_name, "steps": step, "normalization": normalization,
-             "mean": list(normalization["mean"]), "std": list(normalization["std"])}
+             "mean": list(normalization["mean"]), "std": list(normalization["std"]),
+             "recipe_variants": recipe_variants(run_config)}
     out = export_dir(cfg.root, set_name)
     with tempfile.TemporaryDirectory() as d:
         export_encoder(model, d, list(cfg.chips.bands), [list(g) for g in cfg.model.groups], extra)
@@ -412,15 +430,17 @@ def export_zero(cfg: ExperimentConfig, seed: int = 0) -> dict:
         return json.loads(storage.read_text(storage.join(out, "summary.json")))
     torch.manual_seed(seed)
     model = build_mae(cfg.model.preset, list(cfg.chips.bands), [list(g) for g in cfg.model.groups],
-                      img_size=cfg.chips.size_px, patch_size=cfg.model.patch_size)
-    _export(cfg, ZERO, model, 0, fmow_normalization(cfg.chips.bands))
+                      img_size=cfg.chips.size_px, patch_size=cfg.model.patch_size,
+                      loss_pairing=cfg.model.loss_pairing, spatial_mask=cfg.model.spatial_mask)
+    normalization = fmow_normalization(cfg.chips.bands)
+    _export(cfg, ZERO, model, 0, normalization, loop_config(cfg, ZERO, 0, normalization))
     summary = {"set": ZERO, "steps": 0, "final_loss": None, "n_chips": 0, "wall_s": 0.0}
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
-def load_encoder(root: str, set_name: str):
-    """Load an exported encoder (a module with ``embed``) and its config from storage."""
+def load_encoder(root: str, set_name: str, pooling: str = "mean_then_norm"):
+    """Load an exported encoder (a module with ``embed``, pooled as ``pooling`` says) and its config."""
     from pw_ray.models.standalone_loader import load_encoder as _load
 
     out = export_dir(root, set_name)
@@ -428,7 +448,7 @@ def load_encoder(root: str, set_name: str):
         for name in ("config.json", "encoder.pt"):
             with open(os.path.join(d, name), "wb") as f:
                 f.write(storage.read_bytes(storage.join(out, name)))
-        enc = _load(d)
+        enc = _load(d, pooling)
         with open(os.path.join(d, "config.json")) as f:
             conf = json.load(f)
     return enc, conf

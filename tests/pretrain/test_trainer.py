@@ -8,6 +8,7 @@ of the same shards.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -85,14 +86,32 @@ def _steps_by_file(root: Path, tag: str = "loss") -> list[list[int]]:
     return list(by_file.values())
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
 def run(shards_root, tmp_path_factory):
     """One 12-step run with statistics of the set; what it left, captured before anyone resumes it."""
     root = _root_with_shards(shards_root, tmp_path_factory.mktemp("run"))
     cfg = parse_config(_config(root, "set", max_steps=12))
+    records, logger = _Records(), logging.getLogger(T.__name__)
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
     t0 = time.perf_counter()
-    summary = T.pretrain_set(cfg, SET)
+    try:
+        summary = T.pretrain_set(cfg, SET)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
     return {"cfg": cfg, "root": root, "summary": summary, "wall_s": time.perf_counter() - t0,
+            "log": [r.getMessage() for r in records.records],
             "checkpoint_steps": [_ckpt_step(p) for p in _checkpoints(root)],
             "scalars": read_scalars(str(root / "runs" / "pretrain" / SET / "tensorboard"))}
 
@@ -145,6 +164,19 @@ def test_export_reproduces_the_checkpoints_embeddings(run):
     with torch.no_grad():
         torch.testing.assert_close(enc.embed(x), model.embed(x), atol=1e-5, rtol=0)
     assert conf["steps"] == state["step"]
+
+
+def test_run_logs_and_exports_the_satmae_recipe_variants_it_used(run):
+    conf = json.loads((run["root"] / "runs" / "pretrain" / SET / "export" / "config.json").read_text())
+    variants = conf["recipe_variants"]
+    assert {k: variants[k] for k in ("loss_pairing", "mask", "kept_tokens", "input_quantization", "precision",
+                                     "norm_pix_loss", "patch_embed_bias_init")} == {
+        "loss_pairing": "official", "mask": "independent", "kept_tokens": "int(N*(1-mask_ratio))",
+        "input_quantization": "uint8", "precision": "fp32 (CPU workers)", "norm_pix_loss": False,
+        "patch_embed_bias_init": "Conv2d default"}
+    assert conf["normalization"]["quantize"] == "uint8"  # every later embedding quantises as pretraining did
+    line = next(m for m in run["log"] if "SatMAE recipe variants" in m)
+    assert "loss_pairing=official" in line and "mask=independent" in line and "input_quantization=uint8" in line
 
 
 def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(run):
