@@ -300,7 +300,9 @@ def write_dataset_card(cfg: ExperimentConfig, set_name: str, *, config_digest: s
 PAPER_RECIPE: dict[str, Any] = {
     "model.preset": "base", "model.patch_size": 8, "chips.size_px": 96, "model.mask_ratio": 0.75,
     "model.groups": [["B02", "B03", "B04", "B08"], ["B05", "B06", "B07", "B8A"], ["B11", "B12"]],
-    "model.norm_pix_loss": False, "model.normalization": "fmow", "train.epochs": 50, "train.warmup_epochs": 5,
+    "model.norm_pix_loss": False, "model.normalization": "fmow", "model.loss_pairing": "official",
+    "model.spatial_mask": False, "model.input_quantization": "uint8", "train.precision": "fp16",
+    "train.epochs": 50, "train.warmup_epochs": 5,
     "train.batch_size": 256, "train.accum_steps": 16, "train.num_workers": 1, "train.blr": 1e-4,
     "train.weight_decay": 0.05, "train.grad_clip": "not stated", "train.max_steps": None,
     "optimizer": "AdamW, betas (0.9, 0.95), no decay on norms and biases",
@@ -308,7 +310,8 @@ PAPER_RECIPE: dict[str, Any] = {
     "augmentation": "RandomResizedCrop(size, scale 0.2–1.0) + horizontal flip",
 }
 _FIXED = {
-    "optimizer": ("AdamW, betas (0.9, 0.95), no decay on norms, biases and tokens", "pw_ray.pretrain.step.make_optimizer"),
+    "optimizer": ("AdamW, betas (0.9, 0.95), no decay on 1-D parameters and biases",
+                  "pw_ray.pretrain.step.make_optimizer"),
     "schedule": ("linear warm-up, then half-cycle cosine per step", "pw_ray.pretrain.step.lr_at"),
     "augmentation": ("RandomResizedCrop(size, scale 0.2–1.0) + horizontal flip (p 0.5)",
                      "pw_ray.pretrain.transforms.random_resized_crop_flip"),
@@ -329,9 +332,10 @@ def recipe(cfg: ExperimentConfig, summary: Mapping[str, Any]) -> list[dict]:
 
     rows = []
     for key in ("model.preset", "model.patch_size", "chips.size_px", "model.mask_ratio", "model.groups",
-                "model.norm_pix_loss", "model.normalization", "train.epochs", "train.max_steps",
-                "train.warmup_epochs", "train.batch_size", "train.accum_steps", "train.num_workers", "train.blr",
-                "train.weight_decay", "train.grad_clip"):
+                "model.norm_pix_loss", "model.normalization", "model.loss_pairing", "model.spatial_mask",
+                "model.input_quantization", "train.epochs", "train.max_steps", "train.warmup_epochs",
+                "train.batch_size", "train.accum_steps", "train.num_workers", "train.blr", "train.weight_decay",
+                "train.grad_clip", "train.precision"):
         section, field = key.split(".")
         value = getattr(getattr(cfg, section), field)
         rows.append({"name": key, "value": value, "source": _source(cfg, key), "paper": PAPER_RECIPE.get(key)})
