@@ -267,7 +267,12 @@ class TrainSpec(_Strict):
     precision: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="autocast on GPU workers: bf16; fp16 with a gradient scaler (SatMAE's "
                             "torch.cuda.amp.autocast + NativeScaler); fp32. CPU workers always train in fp32")
-    shuffle_buffer: int = Field(256, ge=0, description="chips per worker in the local shuffle buffer (0: off)")
+    shuffle_buffer: int = Field(256, ge=0, description="chips per worker in a local shuffle window: consecutive "
+                                                       "row groups of at least this many chips leave in a seeded "
+                                                       "random order (0: reading order; files are shuffled anyway)")
+    loader_threads: int = Field(2, gt=0, description="threads per worker reading and decompressing shard row "
+                                                     "groups ahead of the step")
+    prefetch_batches: int = Field(2, gt=0, description="batches per worker ready ahead of the step")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)

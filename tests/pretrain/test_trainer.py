@@ -7,6 +7,7 @@ of the same shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -189,6 +190,18 @@ def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(run):
     assert T.pretrain_set(cfg, SET)["steps"] == 18  # done: a third call skips
 
 
+def test_a_worker_warns_when_it_waits_for_data_more_than_5_percent_of_its_steps(caplog):
+    from pw_ray.pretrain.loader import DataWaitMonitor
+
+    monitor = DataWaitMonitor(T.DATA_WAIT_WARN_SHARE, T.DATA_WAIT_WARN_REPORTS)
+    with caplog.at_level("WARNING", logger=T.__name__):
+        warned = [T.check_data_wait(monitor, 1, share) for share in (0.04, 0.12, 0.08, 0.3, 0.2, 0.05)]
+    assert warned == [False, False, False, True, False, False]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "pretrain rank 1 waited for data 30 % of its step time in 3 reports in a row (more than 5 %): its loader "
+        "does not keep up; raise train.loader_threads or train.cpus_per_worker"]
+
+
 def _alive_train_worker_pids() -> list[int]:
     import ray
 
@@ -244,6 +257,57 @@ def test_a_killed_worker_costs_at_most_one_checkpoint_interval(shards_root, tmp_
     resumed_from, lost = runs[1][0] - 1, runs[0][-1] - (runs[1][0] - 1)
     assert resumed_from == registered and 0 <= lost <= 5
     assert runs[1][-1] == 15 and out["summary"]["start_step"] == 5
+
+
+def _loop_recording_batches(record_dir: str):
+    """The real worker loop; each step appends (step, digests of its chips) to ``rank<r>.jsonl``."""
+    def loop(config):
+        import hashlib
+
+        import ray.train
+
+        from pw_ray.pretrain import step as St
+        from pw_ray.pretrain.trainer import train_loop_per_worker
+
+        real, rank = St.train_step, ray.train.get_context().get_world_rank()
+
+        def recording_step(model, batch, *args, **kwargs):
+            chips = [hashlib.sha1(c.numpy().tobytes()).hexdigest() for c in batch]
+            with open(os.path.join(record_dir, f"rank{rank}.jsonl"), "a") as f:
+                f.write(json.dumps({"step": kwargs["step"], "chips": chips}) + "\n")
+            return real(model, batch, *args, **kwargs)
+
+        St.train_step = recording_step
+        train_loop_per_worker(config)
+    return loop
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_at_exactly_the_batch_after_its_checkpoint(shards_root, tmp_path):
+    """Stopped at step 5 of a 12-step epoch, then resumed: every rank trains on exactly the
+    batches one uninterrupted epoch gives it, each chip once."""
+    from pw_ray.pretrain.loader import ChipStream
+
+    root, record = _root_with_shards(shards_root, tmp_path), tmp_path / "batches"
+    record.mkdir()
+    loop = _loop_recording_batches(str(record))
+    assert T.pretrain_set(parse_config(_config(root, max_steps=5, checkpoint_every=5)), SET, loop)["steps"] == 5
+    resumed = T.pretrain_set(parse_config(_config(root, max_steps=9, checkpoint_every=5)), SET, loop)
+    assert (resumed["start_step"], resumed["steps"]) == (5, 9)
+
+    cfg = parse_config(_config(root))
+    catalog = T.shard_catalog(cfg, SET)
+    lc = T.loop_config(cfg, SET, catalog.n_chips, {"mean": [0.0], "std": [1.0]}, catalog)
+    trained = []
+    for rank in range(2):
+        rows = [json.loads(line) for line in (record / f"rank{rank}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(9)), "each step trained once, none repeated"
+        stream = ChipStream(catalog, batch_size=2, seed=lc["seed"], epoch=0, rank=rank, world=2,
+                            shuffle_chips=lc["shuffle_buffer"])
+        epoch = [[hashlib.sha1(c.numpy().tobytes()).hexdigest() for c in b] for b in stream]
+        assert [r["chips"] for r in rows] == epoch[:9]
+        trained += sum((r["chips"] for r in rows), [])
+    assert len(set(trained)) == len(trained) == 2 * 9 * 2
 
 
 @pytest.mark.slow
