@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
         cfg = config(str(Path(tmp) / "root"), args)
         spec, pset = cfg.chips, cfg.pretrain_sets[0]
         src = E.source(cfg)
-        pool = candidate_pool(pset, src.coverage, spec.min_spacing_m)
+        pool = candidate_pool(pset, src.coverage, spec.min_spacing_m).points
         bins = cfg.analysis.spectral_bins
 
         sig_runs, ing_runs = [], []

@@ -2,10 +2,12 @@
 
 ``strategy: spectral-diverse`` answers "I can afford N chips: which N?" in three steps, each a
 function here or in :mod:`pw_ray.ingest.signatures`, so that a step can be swapped or one
-added between them (e.g. removing candidates near downstream test points before selection):
+added between them:
 
 1. :func:`candidate_pool`: ``candidates`` × N points drawn exactly as a random set of that size
-   would be (the set's region weights, seed, coverage and minimum spacing; ``pw_ray.plan``);
+   would be (the set's region weights, seed, coverage, minimum spacing, and the exclusion around
+   held-out task points, :func:`pw_ray.plan.sample_away`): no candidate near a test point ever
+   reaches the signatures or the selection;
 2. a cheap signature per candidate (:func:`pw_ray.ingest.signatures.signature_table`): the
    per-band histograms of its chip read from the COGs' overviews, and their score;
 3. :func:`select_diverse`: N candidates, per continent as many as a random set has, maximising
@@ -34,13 +36,14 @@ order, so the same inputs give the same points.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
 from pw_ray.config import CONTINENTS, PretrainSet
-from pw_ray.plan import _chord_for, _unit_vectors, continent_counts, sample_points
+from pw_ray.plan import Sampled, _chord_for, continent_counts, sample_away, unit_vectors
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +53,14 @@ STRATEGY = "spectral-diverse"
 POOL_COLUMNS = ["point_id", "set", "lon", "lat", "region", "seed"]
 
 
-def candidate_pool(pset: PretrainSet, coverage: dict | None = None, min_spacing_m: float = 0.0) -> pd.DataFrame:
+def candidate_pool(pset: PretrainSet, coverage: dict | None = None, min_spacing_m: float = 0.0, *,
+                   held_out: pd.DataFrame | None = None, exclusion_m: float = 0.0) -> Sampled:
     """``pset.candidates × pset.size`` points drawn like a random set of that size (same weights,
-    seed, coverage and spacing); ``point_id`` ``<set>-candidate-<i>``, continents in order."""
-    return sample_points(pset.weights(), pset.candidates * pset.size, pset.seed, coverage=coverage,
-                         min_spacing_m=min_spacing_m, set_name=f"{pset.name}-candidate")
+    seed, coverage, spacing and exclusion from ``held_out``: :func:`pw_ray.plan.sample_away`), and
+    the candidates the exclusion replaced per continent; ``point_id`` ``<set>-candidate-<i>``."""
+    return sample_away(pset.weights(), pset.candidates * pset.size, pset.seed, coverage=coverage,
+                       min_spacing_m=min_spacing_m, set_name=f"{pset.name}-candidate", held_out=held_out,
+                       exclusion_m=exclusion_m)
 
 
 def select_diverse(candidates: pd.DataFrame, scores, counts: dict[str, int],
@@ -135,7 +141,7 @@ def _neighbours(candidates: pd.DataFrame, min_spacing_m: float) -> _Csr | None:
     """Pairs of candidates closer than ``min_spacing_m`` (None: no spacing asked)."""
     if not min_spacing_m > 0 or len(candidates) < 2:
         return None
-    xyz = _unit_vectors(candidates["lon"].to_numpy(np.float64), candidates["lat"].to_numpy(np.float64))
+    xyz = unit_vectors(candidates["lon"].to_numpy(np.float64), candidates["lat"].to_numpy(np.float64))
     # A hair under the spacing counts as a conflict, as in plan's sampling.
     pairs = cKDTree(xyz).query_pairs(_chord_for(min_spacing_m) * (1 + 1e-9), output_type="ndarray")
     return _Csr(len(candidates), pairs.astype(np.int64))
@@ -157,19 +163,27 @@ def points_from_candidates(table: pd.DataFrame, set_name: str) -> pd.DataFrame:
                                        set=set_name).reset_index(drop=True)
 
 
-def plan_diverse_set(pset: PretrainSet, signatures, coverage: dict | None = None, min_spacing_m: float = 0.0
-                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The three steps for one set: pool, ``signatures(pool)`` (a frame with ``point_id`` and
-    ``score``, e.g. :func:`pw_ray.ingest.signatures.signature_table` bound to a source), selection.
+class DiversePlan(NamedTuple):
+    """What :func:`plan_diverse_set` gives: the chosen points (unlabelled: :func:`pw_ray.plan.label_points`
+    adds biome and land cover), the pool with its signatures, a ``chosen`` flag and the chosen
+    point's ``chosen_point_id`` (the ``candidates/<set>.parquet`` table), and the pool's candidates
+    the exclusion replaced per continent."""
 
-    Returns (points, candidates): the chosen points (unlabelled: :func:`pw_ray.plan.label_points`
-    adds biome and land cover) and the pool with its signatures, a ``chosen`` flag and the chosen
-    point's ``chosen_point_id`` (the ``candidates/<set>.parquet`` table).
-    """
+    points: pd.DataFrame
+    candidates: pd.DataFrame
+    replaced: dict[str, int]
+
+
+def plan_diverse_set(pset: PretrainSet, signatures, coverage: dict | None = None, min_spacing_m: float = 0.0, *,
+                     held_out: pd.DataFrame | None = None, exclusion_m: float = 0.0) -> DiversePlan:
+    """The three steps for one set: pool (kept ``exclusion_m`` from ``held_out`` before anything
+    else), ``signatures(pool)`` (a frame with ``point_id`` and ``score``, e.g.
+    :func:`pw_ray.ingest.signatures.signature_table` bound to a source), selection."""
     if pset.strategy != STRATEGY:
         raise ValueError(f"set {pset.name!r} has strategy {pset.strategy!r}; plan_diverse_set builds "
                          f"strategy {STRATEGY!r} sets")
-    pool = candidate_pool(pset, coverage, min_spacing_m)
+    sampled = candidate_pool(pset, coverage, min_spacing_m, held_out=held_out, exclusion_m=exclusion_m)
+    pool = sampled.points
     sig = signatures(pool)
     table = pool.merge(sig, on="point_id", how="left", validate="one_to_one")
     picked = select_diverse(table, table["score"].to_numpy(np.float64),
@@ -181,7 +195,7 @@ def plan_diverse_set(pset: PretrainSet, signatures, coverage: dict | None = None
     table.loc[table.index[picked], "chosen_point_id"] = points["point_id"].to_numpy()
     log.info("set %s: %d of %d candidates chosen; mean signature entropy %s nats (of all candidates with one: %s)",
              pset.name, len(points), len(pool), _mean(table.loc[table["chosen"], "score"]), _mean(table["score"]))
-    return points, table
+    return DiversePlan(points, table, sampled.replaced)
 
 
 def _mean(scores: pd.Series) -> str:
@@ -190,5 +204,5 @@ def _mean(scores: pd.Series) -> str:
     return f"{x.mean():.3f}" if x.size else "n/a"
 
 
-__all__ = ["POOL_COLUMNS", "STRATEGY", "candidate_pool", "chosen_points", "plan_diverse_set", "points_from_candidates",
-           "select_diverse"]
+__all__ = ["POOL_COLUMNS", "STRATEGY", "DiversePlan", "candidate_pool", "chosen_points", "plan_diverse_set",
+           "points_from_candidates", "select_diverse"]

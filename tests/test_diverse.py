@@ -134,7 +134,7 @@ def _diverse_set(seed: int = 4, **kw) -> PretrainSet:
 
 def test_the_pool_is_the_random_set_of_candidates_times_the_size():
     pset = _diverse_set(candidates=5)
-    pool = candidate_pool(pset)
+    pool = candidate_pool(pset).points
     assert len(pool) == 150
     assert pool["region"].value_counts().to_dict() == {c: 25 for c in CONTINENTS}
     assert pool["point_id"].iloc[0] == "div-candidate-000000"
@@ -142,7 +142,7 @@ def test_the_pool_is_the_random_set_of_candidates_times_the_size():
 
 def test_the_builder_keeps_the_best_of_each_continent_with_a_random_sets_counts():
     pset = _diverse_set()
-    points, table = plan_diverse_set(pset, _fake_signatures)
+    points, table, _ = plan_diverse_set(pset, _fake_signatures)
     assert len(points) == 30 and len(table) == 240
     assert points["point_id"].tolist() == [f"div-{i:06d}" for i in range(30)]
     assert set(points["set"]) == {"div"}
@@ -156,20 +156,41 @@ def test_the_builder_keeps_the_best_of_each_continent_with_a_random_sets_counts(
 
 
 def test_the_builder_is_deterministic_for_a_seed():
-    a, _ = plan_diverse_set(_diverse_set(seed=4), _fake_signatures)
-    b, _ = plan_diverse_set(_diverse_set(seed=4), _fake_signatures)
-    c, _ = plan_diverse_set(_diverse_set(seed=5), _fake_signatures)
+    a = plan_diverse_set(_diverse_set(seed=4), _fake_signatures).points
+    b = plan_diverse_set(_diverse_set(seed=4), _fake_signatures).points
+    c = plan_diverse_set(_diverse_set(seed=5), _fake_signatures).points
     pd.testing.assert_frame_equal(a, b)
     assert not np.allclose(a["lon"].to_numpy(), c["lon"].to_numpy())
 
 
 def test_the_builder_respects_spacing_and_weights():
     pset = PretrainSet(name="mix", region={"eu": 3, "af": 1}, size=20, seed=2, strategy="spectral-diverse")
-    points, table = plan_diverse_set(pset, _fake_signatures, min_spacing_m=20_000)
+    points, table, _ = plan_diverse_set(pset, _fake_signatures, min_spacing_m=20_000)
     assert points["region"].value_counts().to_dict() == {"eu": 15, "af": 5}
     a, b = np.triu_indices(len(points), 1)
     lon, lat = points["lon"].to_numpy(), points["lat"].to_numpy()
     assert haversine_m(lon[a], lat[a], lon[b], lat[b]).min() >= 20_000
+
+
+def test_the_pool_keeps_away_from_held_out_points_before_selection():
+    pset = _diverse_set()
+    free = plan_diverse_set(pset, _fake_signatures)
+    # Hold out the best chosen point of each continent: a random set planned the same way would
+    # also have to keep 50 km from them.
+    best = free.candidates[free.candidates["chosen"]].sort_values("score").groupby("region").tail(1)
+    seen = []
+
+    def signatures(pool):
+        seen.append(pool)
+        return _fake_signatures(pool)
+
+    away = plan_diverse_set(pset, signatures, held_out=best[["lon", "lat"]], exclusion_m=50_000)
+    pool = seen[0]
+    for lon, lat in zip(best["lon"], best["lat"]):  # no candidate near them was ever scored
+        assert haversine_m(pool["lon"], pool["lat"], lon, lat).min() > 50_000
+    assert sum(away.replaced.values()) >= len(best)
+    assert len(away.points) == 30
+    assert away.points["region"].value_counts().to_dict() == continent_counts(pset.weights(), 30)
 
 
 def test_plan_diverse_set_refuses_a_random_set():

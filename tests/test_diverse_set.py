@@ -87,6 +87,19 @@ def test_the_report_shows_the_diverse_set_like_any_other(diverse_run):
     assert "diverse" in Path(index).read_text(encoding="utf-8")
 
 
+def test_the_dataset_cards_say_how_each_set_was_chosen(diverse_run):
+    import json
+
+    cfg, _ = diverse_run
+    card = json.loads(storage.read_text(storage.join(cfg.root, "shards", "diverse", "card.json")))["sampling"]
+    assert card["strategy"] == "spectral-diverse" and card["candidates"] == 6
+    assert card["method"].startswith("spectral-diverse: 6 × size candidate points") and "not a random sample" in card["method"]
+    glob = json.loads(storage.read_text(storage.join(cfg.root, "shards", "global", "card.json")))["sampling"]
+    assert glob["strategy"] == "random" and glob["method"].startswith("uniform on land")
+    readme = storage.read_text(storage.join(cfg.root, "shards", "diverse", "README.md"))
+    assert "spectral-diverse (6 candidates per point)" in readme
+
+
 def test_replanning_reuses_the_stored_signatures_and_gives_the_same_points(diverse_run, capsys):
     cfg, src = diverse_run
     before = _points(cfg, "diverse")
