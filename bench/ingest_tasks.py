@@ -6,9 +6,9 @@ its shared blocks decoded by each, which no executor can avoid), indexes one set
 chunks (largest first, as ``run_ingest`` does) and runs the same chunk tasks
 (:func:`pw_ray.ingest.pipeline.run_chunk_task`) in one run, one after the other:
 
+* ``pipeline``: ``run_ingest``'s shard phase, right after its index phase — plain Ray tasks, a
+  bounded number in flight (:func:`pw_ray.ingest.workpool.run_bounded`);
 * ``one_process``: a loop in this process, no Ray — the reference for parallel efficiency;
-* ``pipeline``: ``run_ingest``'s shard phase — plain Ray tasks, a bounded number in flight
-  (:func:`pw_ray.ingest.workpool.run_bounded`);
 * ``ray_data_tasks``: Ray Data ``map`` on a ``TaskPoolStrategy`` (what ``run_ingest`` did before);
 * ``ray_data_actors``: Ray Data on an ``ActorPoolStrategy`` (``max_tasks_in_flight_per_actor`` 2);
 * ``process_pool``: ``concurrent.futures.ProcessPoolExecutor`` with one worker per core, no
@@ -18,7 +18,7 @@ Each task records its start, end and CPU seconds in its worker; every mode repor
 between tasks, how busy the workers were (``occupancy``), its wall-clock parallel efficiency and
 the load-robust CPU-based one (``bench/parallel.py`` says how it is computed).
 
-    python bench/ingest_tasks.py [--points 3200] [--chunk-size 64] [--cores 2] [--archive-cache DIR]
+    python bench/ingest_tasks.py [--points 6400] [--chunk-size 128] [--cores 2] [--archive-cache DIR]
     python bench/ingest_tasks.py --scenes-per-region 2 --scene-px 2040 --chunk-size 64   # scenes split
 
 The last line printed is one JSON object.
@@ -37,13 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODES = ("one_process", "pipeline", "ray_data_tasks", "ray_data_actors", "process_pool")
+MODES = ("pipeline", "one_process", "ray_data_tasks", "ray_data_actors", "process_pool")
 
 
 def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MODES, log=print) -> dict:
-    """Index ``pts`` (one ``run_ingest``, which also warms the workers), then run the shard phase
-    of the same chunk tasks under each of ``modes``, side by side; returns a row per mode (see
-    ``bench/parallel.py``) plus ``chips`` and ``chunks``. ``one_process`` must come first."""
+    """Index ``pts`` and run the shard phase of the same chunk tasks under each of ``modes``, side
+    by side; returns a row per mode (see ``bench/parallel.py``) plus ``chips``, ``chunks`` and
+    ``scenes``. ``one_process`` is the reference and must be among the modes.
+
+    The first ``run_ingest`` builds the index; its shard phase is the ``pipeline`` mode (the Ray
+    workers are warm from the index tasks). The other modes then run the same chunk tasks, each
+    writing to its own folder, in the order given.
+    """
     import ray
 
     from bench.parallel import CpuMeter, CpuSampler, background_cpu_per_s, efficiency, process_pool
@@ -51,18 +56,23 @@ def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MOD
     from pw_ray.ingest import pipeline as P
     from pw_ray.ingest.workpool import TaskTime, _timed
 
-    if modes[0] != "one_process":
-        raise ValueError("modes must start with one_process: the efficiencies are relative to it")
-    P.run_ingest(root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover)
+    if "one_process" not in modes:
+        raise ValueError("modes must include one_process: the efficiencies are relative to it")
+    spec, adapter, lc = cfg.chips, src.adapter, src.landcover
+    rate = background_cpu_per_s()
+    with CpuSampler(0.5) as sampler:
+        s = P.run_ingest(root, name, pts, src.searcher, src.adapter, spec, lc)
+    st = s.shard_tasks
+    phases = {"pipeline": (st["task_times"], st["start"], st["end"], s.ok,
+                           sampler.between(st["start"], st["end"]) - st["cpu_s"], rate)}
     index = storage.read_table(storage.join(root, "index", f"{name}.parquet")).to_pandas()
     items_df = storage.read_table(storage.join(root, "index", f"{name}-items.parquet")).to_pandas()
     items_json = dict(zip(items_df["item_id"], items_df["items_json"]))
-    tasks = P.chunk_tasks(P.assign_chunks(index, cfg.chips.chunk_size), items_json)
+    tasks = P.chunk_tasks(P.assign_chunks(index, spec.chunk_size), items_json)
     chips = sum(t["chips"] for t in tasks)
     per_scene = index[index["status"] == "ok"].groupby("item_id").size()
     log(f"{chips} chips of {len(per_scene)} scenes ({per_scene.max()} at most) in {len(tasks)} chunks of at "
-        f"most {cfg.chips.chunk_size} ({len(tasks) / cores:.1f} per core)")
-    spec, adapter, lc = cfg.chips, src.adapter, src.landcover
+        f"most {spec.chunk_size} ({len(tasks) / cores:.1f} per core)")
     out: dict = {"chips": chips, "chunks": len(tasks), "scenes": int(len(per_scene))}
 
     class Writer:
@@ -77,10 +87,10 @@ def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MOD
         r, t = _timed(P.run_chunk_task, task, targs)
         return {"n": r["n"], "t": tuple(t.__dict__.values())}
 
-    one_cpu = one_wall = None
     for mode in modes:
-        out_root = root if mode == "pipeline" else os.path.join(root, "_modes", mode)
-        targs = (out_root, name, adapter, spec, lc)
+        if mode == "pipeline":
+            continue
+        targs = (os.path.join(root, "_modes", mode), name, adapter, spec, lc)
         if mode == "one_process":
             c0, w0 = time.process_time(), time.perf_counter()
             n = sum(P.run_chunk_task(t, *targs)["n"] for t in tasks)
@@ -89,33 +99,30 @@ def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MOD
                          "wall_ms_per_chip": round(1000 * one_wall, 3)}
             log(mode, out[mode])
             continue
-        rate = 0.0 if mode == "process_pool" else background_cpu_per_s()
-        if mode == "pipeline":
-            shutil.rmtree(storage.join(root, "shards", name), ignore_errors=True)
-            with CpuSampler(0.5) as sampler:
-                s = P.run_ingest(root, name, pts, src.searcher, src.adapter, spec, lc)
-            st = s.shard_tasks
-            times, start, end, n = st["task_times"], st["start"], st["end"], s.ok
-            overhead = sampler.between(start, end) - st["cpu_s"]
-        elif mode == "process_pool":
+        if mode == "process_pool":
             res, times, start, end, overhead = process_pool(P.run_chunk_task, tasks, targs, cores)
-            n = sum(r["n"] for r in res)
-        else:
-            ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-            with CpuMeter() as m:
-                start = time.time()
-                if mode == "ray_data_tasks":
-                    ds = ds.map(ray_data_task, fn_kwargs={"targs": targs},
-                                compute=ray.data.TaskPoolStrategy(size=len(tasks)), num_cpus=1)
-                else:
-                    ds = ds.map(Writer, fn_constructor_kwargs={"out_root": out_root}, num_cpus=1,
-                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cores,
-                                                                   max_tasks_in_flight_per_actor=2))
-                res = ds.take_all()
-                end = time.time()
-            times = [TaskTime(*r["t"]) for r in res]
-            n = sum(r["n"] for r in res)
-            overhead = m.cpu_s - sum(t.cpu_s for t in times)  # actors that ended took their CPU along
+            phases[mode] = (times, start, end, sum(r["n"] for r in res), overhead, 0.0)
+            continue
+        rate = background_cpu_per_s()
+        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        with CpuMeter() as m:
+            start = time.time()
+            if mode == "ray_data_tasks":
+                ds = ds.map(ray_data_task, fn_kwargs={"targs": targs},
+                            compute=ray.data.TaskPoolStrategy(size=len(tasks)), num_cpus=1)
+            else:
+                ds = ds.map(Writer, fn_constructor_kwargs={"out_root": targs[0]}, num_cpus=1,
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cores,
+                                                               max_tasks_in_flight_per_actor=2))
+            res = ds.take_all()
+            end = time.time()
+        times = [TaskTime(*r["t"]) for r in res]
+        # Actors that ended took their CPU along: their overhead reads low, never high.
+        phases[mode] = (times, start, end, sum(r["n"] for r in res), m.cpu_s - sum(t.cpu_s for t in times), rate)
+    for mode in modes:
+        if mode not in phases:
+            continue
+        times, start, end, n, overhead, rate = phases[mode]
         eff = efficiency(n, cores, one_cpu, one_wall, times, start, end, overhead, rate)
         out[mode] = {**eff.row(), "background_cpu_per_s": round(rate, 3),
                      "gap_ms_per_task": round(1000 * eff.idle_s / max(1, len(times)), 1),
@@ -126,8 +133,8 @@ def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MOD
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--points", type=int, default=3200)
-    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--points", type=int, default=6400)
+    ap.add_argument("--chunk-size", type=int, default=128)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--scene-px", type=int, default=1020)
     ap.add_argument("--block-px", type=int, default=1024)

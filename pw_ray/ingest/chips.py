@@ -309,12 +309,20 @@ class SceneChips:
 
     @property
     def cloud_fraction(self) -> np.ndarray:
-        return np.isin(self.scl, B.SCL_CLOUDY).mean(axis=(1, 2)).astype(np.float32)
+        """(N,) float32: share of each chip's pixels that SCL calls cloud, cirrus or shadow
+        (computed on each access: read it once per scene)."""
+        return _CLOUDY[self.scl].mean(axis=(1, 2), dtype=np.float32)
 
     @property
     def nodata_fraction(self) -> np.ndarray:
+        """(N,) float32: share of each chip's pixels that are no data in SCL or in any band."""
         nodata = (self.scl == B.SCL_NODATA) | (self.pixels == 0).any(axis=1)
-        return nodata.mean(axis=(1, 2)).astype(np.float32)
+        return nodata.mean(axis=(1, 2), dtype=np.float32)
+
+
+#: SCL class → cloudy? (a lookup table: one gather instead of a set membership test per pixel).
+_CLOUDY = np.zeros(256, dtype=bool)
+_CLOUDY[list(B.SCL_CLOUDY)] = True
 
 
 def harmonise(dn: np.ndarray, offset: int) -> np.ndarray:

@@ -429,6 +429,7 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
             with sw("read"):
                 sc = C.read_scene_chips(item, adapter, wins, spec.bands, spec.size_px, spec.resampling,
                                         spec.resolution_m)
+                cloud, nodata = sc.cloud_fraction, sc.nodata_fraction  # once per scene, not per chip
             lc = None
             if landcover is not None:
                 with sw("landcover"):
@@ -444,7 +445,7 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                 lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
                 lc_fractions=frac.tolist(), item_id=item["id"], collection=r.collection,
                 datetime=r.datetime, epsg=int(r.epsg), row_off=int(r.row_off), col_off=int(r.col_off),
-                cloud_fraction=float(sc.cloud_fraction[i]), nodata_fraction=float(sc.nodata_fraction[i]),
+                cloud_fraction=float(cloud[i]), nodata_fraction=float(nodata[i]),
                 baseline=r.baseline, offset_applied=int(sc.offsets[spec.bands[0]]),
             ))
         return sc.pixels, metas
