@@ -27,7 +27,8 @@ by a few chips), or dense (``--scenes-per-region 4 --scene-px 480 --block-px 256
   one-process chips/s), computed from CPU seconds and the tasks' own start and end times so that
   other load on the machine does not decide it (``bench/parallel.py``); a plain process pool
   over the same chunks is measured the same way as the ceiling; ``_wall``: the raw wall-clock
-  figure.
+  figure. ``--eff-repeats`` rounds (default 2) of pipeline, one process and pool, interleaved;
+  each counts its least disturbed round, and every round's figure is listed.
 * **bytes on the wire** (``bytes_vs_needed``): the 4x set's shard phase once more, its COGs
   served by nginx on loopback: bytes served ÷ bytes of the COG tiles the chips need
   (``bench/cog_bytes.py``).
@@ -291,6 +292,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eff-chunk-size", type=int, default=128)
     ap.add_argument("--eff-scenes-per-region", type=int, default=8)
     ap.add_argument("--eff-scene-px", type=int, default=1020)
+    ap.add_argument("--eff-repeats", type=int, default=2, help="rounds of the efficiency set; the best counts")
     ap.add_argument("--eff-archive-cache", default=None, help="keep the efficiency set's archive in this folder")
     ap.add_argument("--no-efficiency", action="store_true", help="skip the parallel-efficiency set")
     ap.add_argument("--no-bytes", action="store_true", help="skip the bytes-on-the-wire measurement (nginx)")
@@ -366,7 +368,8 @@ def main(argv=None) -> int:
             pts_e = plan_set(PretrainSet(name="e", region="global", size=args.eff_points, seed=4), src_e.coverage,
                              biome_path=src_e.biome_path)
             eff = compare_executors(root_e, "e", pts_e, cfg_e, src_e, args.cores,
-                                    ("pipeline", "one_process", "process_pool"), log=lambda *a: print(*a, flush=True))
+                                    ("pipeline", "one_process", "process_pool"), args.eff_repeats,
+                                    log=lambda *a: print(*a, flush=True))
     finally:
         ray.shutdown()
         if not args.keep:
@@ -428,7 +431,7 @@ def main(argv=None) -> int:
             "parallel_efficiency_process_pool": pool["cpu_efficiency"],
             "efficiency_set": {"chips": eff["chips"], "chunks": eff["chunks"], "scenes": eff["scenes"],
                                "chunk_size": args.eff_chunk_size, "scene_px": args.eff_scene_px,
-                               "one_process_cpu_ms_per_chip": eff["one_process"]["cpu_ms_per_chip"],
+                               "repeats": eff["repeats"], "one_process": eff["one_process"],
                                "pipeline": pe, "process_pool": pool},
         })
     if net is not None:

@@ -40,14 +40,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MODES = ("pipeline", "one_process", "ray_data_tasks", "ray_data_actors", "process_pool")
 
 
-def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MODES, log=print) -> dict:
+def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MODES, repeats: int = 1,
+                      log=print) -> dict:
     """Index ``pts`` and run the shard phase of the same chunk tasks under each of ``modes``, side
-    by side; returns a row per mode (see ``bench/parallel.py``) plus ``chips``, ``chunks`` and
-    ``scenes``. ``one_process`` is the reference and must be among the modes.
+    by side, ``repeats`` rounds; returns a row per mode (see ``bench/parallel.py``; the round with
+    the shortest replayed phase, the others' efficiencies in ``rounds``) plus ``chips``, ``chunks``
+    and ``scenes``. ``one_process`` is the reference and must be among the modes (its fastest
+    round by CPU seconds per chip).
 
-    The first ``run_ingest`` builds the index; its shard phase is the ``pipeline`` mode (the Ray
-    workers are warm from the index tasks). The other modes then run the same chunk tasks, each
-    writing to its own folder, in the order given.
+    The first ``run_ingest`` builds the index; its shard phase is the first ``pipeline`` round
+    (the Ray workers are warm from the index tasks; later rounds rerun it with the index kept).
+    Each round runs the modes in the order given, each writing to its own folder. Other load on
+    a shared machine only ever slows a round down, so the best round is the least disturbed.
     """
     import ray
 
@@ -59,12 +63,21 @@ def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MOD
     if "one_process" not in modes:
         raise ValueError("modes must include one_process: the efficiencies are relative to it")
     spec, adapter, lc = cfg.chips, src.adapter, src.landcover
-    rate = background_cpu_per_s()
-    with CpuSampler(0.5) as sampler:
-        s = P.run_ingest(root, name, pts, src.searcher, src.adapter, spec, lc)
-    st = s.shard_tasks
-    phases = {"pipeline": (st["task_times"], st["start"], st["end"], s.ok,
-                           sampler.between(st["start"], st["end"]) - st["cpu_s"], rate)}
+
+    def pipeline_round():
+        rate = background_cpu_per_s()
+        shutil.rmtree(storage.join(root, "shards", name), ignore_errors=True)
+        with CpuSampler(0.5) as sampler:
+            s = P.run_ingest(root, name, pts, src.searcher, src.adapter, spec, lc)
+        st = s.shard_tasks
+        return (st["task_times"], st["start"], st["end"], s.ok, sampler.between(st["start"], st["end"]) - st["cpu_s"],
+                rate)
+
+    phases: dict[str, list] = {m: [] for m in modes}
+    if "pipeline" in modes:
+        phases["pipeline"].append(pipeline_round())
+    else:
+        P.run_ingest(root, name, pts, src.searcher, src.adapter, spec, lc)
     index = storage.read_table(storage.join(root, "index", f"{name}.parquet")).to_pandas()
     items_df = storage.read_table(storage.join(root, "index", f"{name}-items.parquet")).to_pandas()
     items_json = dict(zip(items_df["item_id"], items_df["items_json"]))
@@ -73,7 +86,7 @@ def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MOD
     per_scene = index[index["status"] == "ok"].groupby("item_id").size()
     log(f"{chips} chips of {len(per_scene)} scenes ({per_scene.max()} at most) in {len(tasks)} chunks of at "
         f"most {spec.chunk_size} ({len(tasks) / cores:.1f} per core)")
-    out: dict = {"chips": chips, "chunks": len(tasks), "scenes": int(len(per_scene))}
+    out: dict = {"chips": chips, "chunks": len(tasks), "scenes": int(len(per_scene)), "repeats": repeats}
 
     class Writer:
         def __init__(self, out_root: str):
@@ -87,46 +100,60 @@ def compare_executors(root: str, name: str, pts, cfg, src, cores: int, modes=MOD
         r, t = _timed(P.run_chunk_task, task, targs)
         return {"n": r["n"], "t": tuple(t.__dict__.values())}
 
+    ones: list[tuple[float, float, int]] = []
+    for k in range(repeats):
+        for mode in modes:
+            if mode == "pipeline":
+                if k:
+                    phases[mode].append(pipeline_round())
+                continue
+            out_root = os.path.join(root, "_modes", mode)
+            shutil.rmtree(out_root, ignore_errors=True)
+            targs = (out_root, name, adapter, spec, lc)
+            if mode == "one_process":
+                c0, w0 = time.process_time(), time.perf_counter()
+                n = sum(P.run_chunk_task(t, *targs)["n"] for t in tasks)
+                ones.append(((time.process_time() - c0) / n, (time.perf_counter() - w0) / n, n))
+                log(f"{mode} round {k + 1}: {1000 * ones[-1][0]:.3f} CPU ms per chip")
+                continue
+            if mode == "process_pool":
+                res, times, start, end, overhead = process_pool(P.run_chunk_task, tasks, targs, cores)
+                phases[mode].append((times, start, end, sum(r["n"] for r in res), overhead, 0.0))
+                continue
+            rate = background_cpu_per_s()
+            ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+            with CpuMeter() as m:
+                start = time.time()
+                if mode == "ray_data_tasks":
+                    ds = ds.map(ray_data_task, fn_kwargs={"targs": targs},
+                                compute=ray.data.TaskPoolStrategy(size=len(tasks)), num_cpus=1)
+                else:
+                    ds = ds.map(Writer, fn_constructor_kwargs={"out_root": out_root}, num_cpus=1,
+                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cores,
+                                                                   max_tasks_in_flight_per_actor=2))
+                res = ds.take_all()
+                end = time.time()
+            times = [TaskTime(*r["t"]) for r in res]
+            # Actors that ended took their CPU along: their overhead reads low, never high.
+            phases[mode].append((times, start, end, sum(r["n"] for r in res), m.cpu_s - sum(t.cpu_s for t in times),
+                                 rate))
+    one_cpu, one_wall, n_one = min(ones)
+    out["one_process"] = {"chips": n_one, "cpu_ms_per_chip": round(1000 * one_cpu, 3),
+                          "wall_ms_per_chip": round(1000 * one_wall, 3),
+                          "rounds_cpu_ms_per_chip": [round(1000 * c, 3) for c, _, _ in ones]}
+    log("one_process", out["one_process"])
     for mode in modes:
-        if mode == "pipeline":
+        if not phases.get(mode):
             continue
-        targs = (os.path.join(root, "_modes", mode), name, adapter, spec, lc)
-        if mode == "one_process":
-            c0, w0 = time.process_time(), time.perf_counter()
-            n = sum(P.run_chunk_task(t, *targs)["n"] for t in tasks)
-            one_cpu, one_wall = (time.process_time() - c0) / n, (time.perf_counter() - w0) / n
-            out[mode] = {"chips": n, "cpu_ms_per_chip": round(1000 * one_cpu, 3),
-                         "wall_ms_per_chip": round(1000 * one_wall, 3)}
-            log(mode, out[mode])
-            continue
-        if mode == "process_pool":
-            res, times, start, end, overhead = process_pool(P.run_chunk_task, tasks, targs, cores)
-            phases[mode] = (times, start, end, sum(r["n"] for r in res), overhead, 0.0)
-            continue
-        rate = background_cpu_per_s()
-        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        with CpuMeter() as m:
-            start = time.time()
-            if mode == "ray_data_tasks":
-                ds = ds.map(ray_data_task, fn_kwargs={"targs": targs},
-                            compute=ray.data.TaskPoolStrategy(size=len(tasks)), num_cpus=1)
-            else:
-                ds = ds.map(Writer, fn_constructor_kwargs={"out_root": targs[0]}, num_cpus=1,
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cores,
-                                                               max_tasks_in_flight_per_actor=2))
-            res = ds.take_all()
-            end = time.time()
-        times = [TaskTime(*r["t"]) for r in res]
-        # Actors that ended took their CPU along: their overhead reads low, never high.
-        phases[mode] = (times, start, end, sum(r["n"] for r in res), m.cpu_s - sum(t.cpu_s for t in times), rate)
-    for mode in modes:
-        if mode not in phases:
-            continue
-        times, start, end, n, overhead, rate = phases[mode]
-        eff = efficiency(n, cores, one_cpu, one_wall, times, start, end, overhead, rate)
+        effs = []
+        for times, start, end, n, overhead, rate in phases[mode]:
+            eff = efficiency(n, cores, one_cpu, one_wall, times, start, end, overhead, rate)
+            effs.append((eff.replay_s, eff, len(times), n, rate))
+        _, eff, n_tasks, n, rate = min(effs, key=lambda e: e[0])
         out[mode] = {**eff.row(), "background_cpu_per_s": round(rate, 3),
-                     "gap_ms_per_task": round(1000 * eff.idle_s / max(1, len(times)), 1),
-                     "task_cpu_ms_per_chip": round(1000 * eff.task_cpu_s / n, 3)}
+                     "gap_ms_per_task": round(1000 * eff.idle_s / max(1, n_tasks), 1),
+                     "task_cpu_ms_per_chip": round(1000 * eff.task_cpu_s / n, 3),
+                     "rounds": [round(e[1].cpu_efficiency, 3) for e in effs]}
         log(mode, out[mode])
     return out
 
@@ -140,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--block-px", type=int, default=1024)
     ap.add_argument("--scenes-per-region", type=int, default=8)
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of every mode; the best round of each counts")
     ap.add_argument("--archive-cache", default=None, help="keep the synthetic archive in this folder")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -162,7 +190,7 @@ def main(argv=None) -> int:
     try:
         pts = plan_set(PretrainSet(name="b", region="global", size=args.points, seed=4), src.coverage,
                        biome_path=src.biome_path)
-        out = compare_executors(root, "b", pts, cfg, src, args.cores, modes,
+        out = compare_executors(root, "b", pts, cfg, src, args.cores, modes, args.repeats,
                                 log=lambda *a: print(*a, flush=True))
     finally:
         ray.shutdown()
