@@ -23,7 +23,7 @@ by a few chips), or dense (``--scenes-per-region 4 --scene-px 480 --block-px 256
   run and summed over tasks for the pipeline, so the work beyond decoding is visible.
 * **parallel efficiency** (``parallel_efficiency``): on a second archive whose set has ≥ 20
   chunks per core with its scenes whole in chunks (8 scenes per region of 1020 px, 1024 px
-  tiles, ``--eff-points`` 6400, ``--eff-chunk-size`` 128), chips/s on ``--cores`` ÷ (cores ×
+  tiles, ``--eff-points`` 12800, ``--eff-chunk-size`` 256 as in production), chips/s on ``--cores`` ÷ (cores ×
   one-process chips/s), computed from CPU seconds and the tasks' own start and end times so that
   other load on the machine does not decide it (``bench/parallel.py``); a plain process pool
   over the same chunks is measured the same way as the ceiling; ``_wall``: the raw wall-clock
@@ -288,8 +288,9 @@ def main(argv=None) -> int:
                                                                   "one Ray task each)")
     ap.add_argument("--naive-chips", type=int, default=300, help="chips the naive loop reads (a sample)")
     ap.add_argument("--archive-cache", default=None, help="keep the synthetic archive in this folder")
-    ap.add_argument("--eff-points", type=int, default=6400, help="points of the parallel-efficiency set")
-    ap.add_argument("--eff-chunk-size", type=int, default=128)
+    ap.add_argument("--eff-points", type=int, default=12800, help="points of the parallel-efficiency set")
+    ap.add_argument("--eff-chunk-size", type=int, default=256, help="chips per chunk of the efficiency set "
+                                                                      "(production's default chunk size)")
     ap.add_argument("--eff-scenes-per-region", type=int, default=8)
     ap.add_argument("--eff-scene-px", type=int, default=1020)
     ap.add_argument("--eff-repeats", type=int, default=2, help="rounds of the efficiency set; the best counts")
