@@ -482,22 +482,30 @@ def run_chunk_task(task: dict, root: str, set_name: str, adapter: CatalogAdapter
                        adapter, spec, landcover, force=force, retry_failed=retry_failed, context=context)
 
 
-#: Default ceiling on ingest tasks in flight when ``chips.ingest_parallelism`` is unset.
-MAX_DEFAULT_PARALLELISM = 64
-
-
 def ingest_parallelism(n_units: int, cluster_cpus: float, override: int | None = None,
-                       cap: int = MAX_DEFAULT_PARALLELISM) -> int:
-    """How many ingest tasks may be in flight at once (running or queued in Ray).
+                       cap: int | None = None, *, max_cpus: float | None = None,
+                       request_limit: int | None = None) -> int:
+    """How many ingest tasks may be in flight at once (running, or queued in Ray for a free CPU).
 
-    ``override`` (``chips.ingest_parallelism``) wins. Otherwise the larger of the CPUs the
-    cluster has now and the number of work units (capped at ``cap``): on a cluster that starts
-    with no worker CPUs, sizing by today's CPUs would allow one task, leave the autoscaler no
-    pending demand and never scale up; queuing up to ``cap`` tasks makes it add CPU workers.
+    ``override`` (``chips.ingest_parallelism``) wins. Otherwise one task per work unit
+    (``n_units``: chunks, index parts), up to the CPUs the cluster can grow to (``max_cpus``:
+    :func:`pw_ray.cluster.discover_max_cpus`, from ``chips.ingest_max_cpus`` or the autoscaler's
+    cluster YAML), never below the CPUs it has now (``cluster_cpus``). Pending tasks are the
+    demand Ray's autoscaler grows the CPU pool for: sizing by today's CPUs would leave a cluster
+    that starts with none at one task, and a fixed ceiling would use a few of many nodes. With
+    ``max_cpus`` unknown every unit may be pending (Ray queues what the CPUs cannot run yet).
+    ``cap`` and, for the index phase, ``request_limit`` (the STAC API's limit of concurrent
+    requests: more tasks would only wait for it) bound the result; it is at least 1.
     """
     if override:
         return int(override)
-    return max(1, int(cluster_cpus), min(int(n_units), cap))
+    width = int(n_units)
+    if max_cpus is not None:
+        width = min(width, int(max(max_cpus, cluster_cpus)))
+    for bound in (cap, request_limit):
+        if bound:
+            width = min(width, int(bound))
+    return max(1, width)
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -563,10 +571,15 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     items_uri = storage.join(root, "index", f"{set_name}-items.parquet")
     manifest_uri = storage.join(root, "manifest", f"{set_name}.parquet")
     override = parallelism or spec.ingest_parallelism
+    from pw_ray.cluster import discover_max_cpus
+
+    max_cpus, max_cpus_from = discover_max_cpus(spec.ingest_max_cpus)
     # Expected chunks (an upper bound until the index says which chips are kept).
     parallelism = ingest_parallelism(-(-len(points) // spec.chunk_size), ray.cluster_resources().get("CPU", 0),
-                                     override)
-    log.info("ingest %s: up to %d tasks at once", set_name, parallelism)
+                                     override, max_cpus=max_cpus,
+                                     request_limit=getattr(searcher, "max_concurrent_requests", None))
+    log.info("ingest %s: up to %d tasks at once (cluster can grow to %s CPUs: %s)", set_name, parallelism,
+             "?" if max_cpus is None else f"{max_cpus:g}", max_cpus_from)
 
     source = source or source_inputs(searcher, adapter, landcover)
     index_rec = index_inputs(points, source["index"], spec)
@@ -604,8 +617,12 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     if tasks:
         # Plain Ray tasks, not Ray Data: see pw_ray.ingest.workpool (no polling gap between tasks).
         cpus = ray.cluster_resources().get("CPU", 0)
-        parallelism = ingest_parallelism(len(tasks), cpus, override)
-        run = run_bounded(run_chunk_task, tasks, parallelism,
+        parallelism = ingest_parallelism(len(tasks), cpus, override, max_cpus=max_cpus)
+        # Unless the width is the user's, a few tasks more than the CPUs wait in Ray's queue: a
+        # worker that finishes a chunk is handed the next queued one at once, without a round
+        # trip through this loop.
+        in_flight = parallelism if override else parallelism + max(2, parallelism // 8)
+        run = run_bounded(run_chunk_task, tasks, in_flight,
                           args=(root, set_name, adapter, spec, landcover, force, retry_failed, source["chunks"]))
         results = run.results
         # Tasks that could run at once: an autoscaling cluster may have grown during the phase.
