@@ -9,8 +9,8 @@ scenes are whole in chunks) reads every chip through GDAL's ``/vsicurl/`` with
 * **served**: the response bytes (``$body_bytes_sent``) of every request in nginx's access log;
 * **needed**: for every raster a scene's chips read, the compressed bytes of the COG tiles
   their footprints touch (``TileByteCounts``, each tile once however many chips share it), plus
-  the bytes before the raster's first tile (header, IFDs, tile index: no reader finds a tile
-  without them).
+  the bytes before the raster's first tile of any level (header, IFDs, tile index: no reader
+  finds a tile without them; internal overviews' tiles are not needed for 10 m chips).
 
 ``bytes_vs_needed`` = served ÷ needed (goal ≤ 1.5).
 """
@@ -62,11 +62,23 @@ def needed(index, items: dict, hrefs_of, size_px: int, res: float = 10.0) -> dic
                     c1 = min(ds.width, int(np.ceil((c + size_px) / f))) - 1
                     need.update((i, j) for i in range(r0 // bh, r1 // bh + 1) for j in range(c0 // bw, c1 // bw + 1))
                 tiles += sum(ds.block_size(1, i, j) for i, j in need)
-                nrow, ncol = -(-ds.height // bh), -(-ds.width // bw)
-                header += min(int(ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=1))
-                              for i in range(nrow) for j in range(ncol))
-                rasters += 1
+                levels = len(ds.overviews(1))
+            # The header ends where the first tile of any level starts (a COG keeps its overviews'
+            # tiles before the full-resolution ones: those are not needed to read a chip at 10 m).
+            header += min(_first_tile_offset(href, level) for level in [None, *range(levels)])
+            rasters += 1
     return {"tile_bytes": tiles, "header_bytes": header, "rasters": rasters, "bytes": tiles + header}
+
+
+def _first_tile_offset(href: str, level: int | None) -> int:
+    """Byte offset of the first tile of a raster (``level``: an overview level, None: full size)."""
+    import rasterio
+
+    kw = {} if level is None else {"overview_level": level}
+    with rasterio.open(href, **kw) as ds:
+        bh, bw = ds.block_shapes[0]
+        return min(int(ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=1))
+                   for i in range(-(-ds.height // bh)) for j in range(-(-ds.width // bw)))
 
 
 def _over_http(item: dict, archive: Path, url: str) -> dict:
