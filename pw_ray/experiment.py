@@ -37,13 +37,15 @@ def _digest(cfg: ExperimentConfig) -> str:
 
 def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
     """What a stage's "done" marker stands for: the config, and for plan and ingest the inputs
-    that live outside it (the bytes of labelled-point files; the lineage of each set's points and
-    the names of its shard files), so that an edited points file, a re-planned set or a deleted
-    shard re-enters the stage."""
+    that live outside it (the bytes of labelled-point files and which points files exist; the
+    lineage of each set's points and the names of its shard files), so that an edited points
+    file, a deleted points file, a re-planned set or a deleted shard re-enters the stage."""
     extra = []
     if stage == "plan":
+        # ... and which sets' points exist: a points file deleted by hand re-enters the stage.
         extra = [lineage.bytes_digest(storage.read_bytes(t.path)) if storage.exists(t.path) else None
                  for t in cfg.tasks if t.kind == "points"]
+        extra.append([storage.exists(points_uri(cfg, name)) for name, _, _ in _point_sets(cfg)])
     elif stage == "ingest":
         from pw_ray.ingest import shards as S
 
