@@ -48,6 +48,14 @@ class PretrainSet(_Strict):
     region: str | dict[str, float]
     size: int = Field(gt=0, description="number of chips")
     seed: int = 0
+    strategy: Literal["random", "spectral-diverse"] = Field(
+        "random", description="how the points are chosen: random (uniform on land, the paper's way) or "
+                              "spectral-diverse (a pool of candidates × size points drawn the random way, a cheap "
+                              "spectral signature per candidate from the COGs' overviews, and the size points of "
+                              "highest spectral entropy kept, per continent; docs/plan-and-ingest.md)")
+    candidates: int = Field(8, ge=2, le=1000, description="spectral-diverse: candidate points per chosen point")
+    signature_px: int = Field(12, ge=2, le=256, description="spectral-diverse: side in pixels of a candidate's "
+                                                            "signature read, e.g. 12 reads a 96 px chip at 80 m")
 
     @field_validator("region")
     @classmethod
@@ -64,6 +72,15 @@ class PretrainSet(_Strict):
         if sum(v.values()) <= 0:
             raise ValueError("region mix weights must sum to > 0")
         return v
+
+    @model_validator(mode="after")
+    def _diverse_only(self):
+        if self.strategy == "random":
+            given = sorted({"candidates", "signature_px"} & self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to strategy: spectral-diverse only; set it or remove "
+                                 f"{'them' if len(given) > 1 else 'it'}")
+        return self
 
     def weights(self) -> dict[str, float]:
         """Normalised continent weights of this set."""
@@ -314,28 +331,89 @@ class TaskSpec(_Strict):
     max_chips: int | None = Field(None, gt=0, description="fmow, geobench: seeded sample of at most this many "
                                                           "images, stratified by split and label; all when unset")
     seed: int = 0
-    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split: Literal["spatial", "random", "dataset"] = Field(
+        None, validate_default=False,
+        description="how chips are assigned to train/val/test, decided at plan time per point: 'spatial' "
+                    "(blocks of plan.block_m assigned whole, so neighbouring chips stay in one split; the "
+                    "default for synthetic and points tasks), 'random' (seeded per region, stratified by label "
+                    "where labels are known at plan time), 'dataset' (fmow, geobench: the dataset's own split, "
+                    "their default and only choice). A list of three fractions (the old form) means "
+                    "'random' with those split_fractions")
+    split_fractions: tuple[float, float, float] = Field(
+        (0.6, 0.2, 0.2), description="train, val, test shares (normalised); spatial: the probability of a "
+                                     "block being each; fmow without test_gt.csv: val/test ratio of its val set")
     task_type: Literal["classification", "regression"] | None = Field(
         None, description="what the labels are; unset: regression for synthetic-population, classification "
                           "otherwise (a points file with numeric targets needs task_type: regression)")
 
     @model_validator(mode="before")
     @classmethod
-    def _task_type(cls, data):
-        if isinstance(data, dict) and data.get("task_type") is None:
-            data = {**data, "task_type": "regression" if data.get("kind") == "synthetic-population"
-                    else "classification"}
+    def _split_forms(cls, data):
+        """``split: [0.6, 0.2, 0.2]`` (before 2026-12) → random with those fractions; unset split and
+        task_type → by kind."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        imported = data.get("kind") in ("fmow", "geobench")
+        split = data.get("split")
+        if isinstance(split, (list, tuple)):
+            if "split_fractions" in data:
+                raise ValueError("split is a list of fractions and split_fractions is set too: give the "
+                                 "fractions once, as split_fractions, and split: spatial|random")
+            data["split_fractions"] = tuple(split)
+            data["split"] = "dataset" if imported else "random"
+        elif split is None:
+            data["split"] = "dataset" if imported else "spatial"
+        if data.get("task_type") is None:
+            data["task_type"] = "regression" if data.get("kind") == "synthetic-population" else "classification"
         return data
 
     @model_validator(mode="after")
     def _path(self):
         if self.kind in ("points", "fmow", "geobench") and not self.path:
             raise ValueError(f"tasks kind {self.kind!r} needs a path (labelled points file or dataset folder)")
+        imported = self.kind in ("fmow", "geobench")
+        if imported and self.split != "dataset":
+            raise ValueError(f"split: kind {self.kind!r} keeps the dataset's own split; remove split "
+                             "(split_fractions still sets fMoW's val/test ratio)")
+        if not imported and self.split == "dataset":
+            raise ValueError(f"split: 'dataset' is for fmow and geobench; kind {self.kind!r} takes spatial or random")
+        if any(f < 0 for f in self.split_fractions) or sum(self.split_fractions) <= 0:
+            raise ValueError(f"split_fractions must be three shares ≥ 0 (train, val, test) with a positive sum, "
+                             f"got {list(self.split_fractions)}")
         fixed = {"synthetic-population": "regression", "synthetic-landcover": "classification",
                  "fmow": "classification", "geobench": "classification"}.get(self.kind)
         if fixed and self.task_type != fixed:
             raise ValueError(f"tasks kind {self.kind!r} is a {fixed} task; task_type {self.task_type!r} does not apply")
         return self
+
+
+class PlanSpec(_Strict):
+    """Where pretraining points may not go, and the block grid of spatial splits."""
+
+    exclusion_m: float | None = Field(
+        None, ge=0, description="every pretraining point is planned at least this far (great circle, metres) "
+                                "from every task point of the held-out splits (exclude_splits); candidates "
+                                "closer are replaced so sets keep their size and region weights. Unset: the "
+                                "chip diagonal plus two pixels (chips.size_px × chips.resolution_m × √2 + "
+                                "2 × chips.resolution_m), so no pretraining chip overlaps a held-out chip; "
+                                "0: off (the report says so on its first page)")
+    exclude_splits: list[Literal["test", "val"]] = Field(
+        default_factory=lambda: ["test"], description="task splits kept apart from pretraining: test, "
+                                                      "optionally val")
+    block_m: float | None = Field(
+        None, gt=0, description="side of the blocks of spatial task splits, metres; unset: 10 chip sides "
+                                "(10 × chips.size_px × chips.resolution_m). Blocks are shared by all tasks")
+    split_seed: int = Field(0, ge=0, description="seed of the block → split draw of spatial splits "
+                                                 "(shared by all tasks: with equal split_fractions, a test "
+                                                 "block is a test block for every task)")
+
+    @field_validator("exclude_splits")
+    @classmethod
+    def _splits(cls, v):
+        if "test" not in v:
+            raise ValueError(f"must include 'test' (the split a leak would inflate), got {v}")
+        return sorted(set(v), key=("test", "val").index)
 
 
 class EvalSpec(_Strict):
@@ -427,6 +505,7 @@ class ExperimentConfig(_Strict):
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
     tasks: list[TaskSpec] = Field(default_factory=list)
+    plan: PlanSpec = PlanSpec()
     evaluation: EvalSpec = EvalSpec()
     analysis: AnalysisSpec = AnalysisSpec()
     estimate: EstimateSpec = Field(EstimateSpec(), description="prices and rates for `pw-ray estimate` only; "
@@ -459,6 +538,26 @@ class ExperimentConfig(_Strict):
         if len(set(tnames)) != len(tnames):
             raise ValueError(f"task names must be unique, got {tnames}")
         return self
+
+    @property
+    def chip_overlap_m(self) -> float:
+        """Chip diagonal plus two pixels, metres: chips whose centres are farther apart cannot
+        overlap, whatever their grids' orientation and pixel snapping."""
+        return self.chips.size_px * self.chips.resolution_m * 2 ** 0.5 + 2 * self.chips.resolution_m
+
+    @property
+    def exclusion_m(self) -> float:
+        """Metres kept between pretraining points and held-out task points (0: off); see ``PlanSpec``."""
+        if self.plan.exclusion_m is not None:
+            return float(self.plan.exclusion_m)
+        return self.chip_overlap_m
+
+    @property
+    def block_m(self) -> float:
+        """Side of the spatial-split blocks in metres; see ``PlanSpec.block_m``."""
+        if self.plan.block_m is not None:
+            return float(self.plan.block_m)
+        return 10.0 * self.chips.size_px * self.chips.resolution_m
 
     def pretrain_set(self, name: str) -> PretrainSet:
         for s in self.pretrain_sets:

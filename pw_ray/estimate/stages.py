@@ -359,7 +359,7 @@ def _evaluate(cfg, chips_of, per_chip, costs, rates) -> StageEstimate:
     for c in cells:
         t = next(t for t in cfg.tasks if t.name == c["task"])
         n = (task_chips[t.name] or 0) * share[c["task_region"]]
-        tr, va, te = t.split
+        tr, va, te = (f / sum(t.split_fractions) for f in t.split_fractions)  # shares (a dataset split: assumed)
         train = n * tr * ev.train_fraction
         if c["method"] == "finetune":
             ft_samples += ev.finetune_epochs * (train + n * va) + n * te
