@@ -76,7 +76,10 @@ class PretrainSet(_Strict):
     @model_validator(mode="after")
     def _diverse_only(self):
         if self.strategy == "random":
-            given = sorted({"candidates", "signature_px"} & self.model_fields_set)
+            # set to other than the default: a dumped config (dump_config, `config.yaml` under the
+            # root) names every field with its default and must load again
+            given = sorted(f for f in {"candidates", "signature_px"} & self.model_fields_set
+                           if getattr(self, f) != type(self).model_fields[f].default)
             if given:
                 raise ValueError(f"{', '.join(given)} apply to strategy: spectral-diverse only; set it or remove "
                                  f"{'them' if len(given) > 1 else 'it'}")

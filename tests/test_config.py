@@ -232,3 +232,16 @@ def test_train_fraction_and_seeds_are_checked():
         parse_config(_with(evaluation={"train_fraction": 0}))
     with pytest.raises(ConfigError, match=r"evaluation\.seeds"):
         parse_config(_with(evaluation={"seeds": []}))
+
+
+def test_a_dumped_config_loads_again():
+    """dump_config names every field with its default (config.yaml under the root, estimate's flags)."""
+    import yaml
+
+    from pw_ray.config import dump_config
+
+    for path in ("configs/paper.yaml", "configs/demo.yaml"):
+        from pathlib import Path
+
+        cfg = load_config(Path(__file__).parents[1] / path, check_root=False)
+        assert parse_config(yaml.safe_load(dump_config(cfg))) == cfg, path
