@@ -43,6 +43,7 @@ from pw_ray.ingest.chunks import STAGES, Stopwatch, frame_digest, remove_stale, 
 from pw_ray.ingest.chunks import write_chunk as write_any_chunk
 from pw_ray.ingest.failures import PERMANENT, TRANSIENT, budget_error, failure_kind, retryable, top_reasons
 from pw_ray.ingest.landcover import LandcoverSource
+from pw_ray.ingest.search import CELL_DEG, cell_bbox, search_cells
 
 log = logging.getLogger(__name__)
 
@@ -126,17 +127,19 @@ _Stopwatch = Stopwatch  # the name bench/ingest.py and older code use
 def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec) -> pd.DataFrame:
     """Choose a scene and a chip window for each point (pure function of its inputs).
 
-    Each point takes the first of its candidate scenes (best cloud cover first) whose chip passes
-    the cloud and no-data limits. The SCL screening runs in rounds over the candidates' rank:
-    round k groups the still-undecided points by their k-th candidate scene and reads that
-    scene's SCL once for all of them (one open, overlapping windows decoded once), instead of
-    one open per point and candidate — over HTTP an open costs a round trip or two.
+    Scenes are searched per cell (:func:`search_candidates`: one paged search per cell of
+    ``searcher.cell_deg`` and season for all the cell's points). Each point takes the first of
+    its candidate scenes (best cloud cover first) whose chip passes the cloud and no-data
+    limits. The SCL screening runs in rounds over the candidates' rank: round k groups the
+    still-undecided points by their k-th candidate scene and reads that scene's SCL once for all
+    of them (one open, overlapping windows decoded once), instead of one open per point and
+    candidate — over HTTP an open costs a round trip or two.
 
     With ``searcher.seasons`` = N > 1 (``stac.seasons``) each point gets N rows, one per date
     window, with ``chip_id`` ``<point_id>-s<k>``; otherwise ``chip_id`` is the ``point_id``.
     """
     n_seasons = int(getattr(searcher, "seasons", 1) or 1)
-    rows, cands, reasons, items = [], [], [], {}
+    rows, reasons, items = [], [], {}
     for p in points.itertuples(index=False):
         for season in range(n_seasons):
             row = {c: getattr(p, c, None) for c in ("point_id", "set", "lon", "lat", "region", "biome", "landcover")}
@@ -144,15 +147,9 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
             row.update(status="skipped", reason="no scene", failure="", item_id=None, collection="", datetime="",
                        baseline="", epsg=0, row_off=-1, col_off=-1, cloud_fraction=float("nan"),
                        nodata_fraction=float("nan"))
-            found: list[dict] = []
-            try:
-                found = (searcher.candidates(float(p.lon), float(p.lat)) if n_seasons == 1
-                         else searcher.candidates(float(p.lon), float(p.lat), season=season))
-            except Exception as err:  # a bad point costs that point, never the job
-                row.update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
             rows.append(row)
-            cands.append(found)
             reasons.append([])
+    cands = search_candidates(points, searcher, rows, n_seasons)
 
     pending = [i for i, r in enumerate(rows) if r["status"] != "failed"]
     rank = 0
@@ -177,21 +174,93 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
     return df
 
 
+def search_candidates(points: pd.DataFrame, searcher, rows: list[dict], n_seasons: int) -> list[list[dict]]:
+    """Candidate scenes of every row (point-major, season-minor: row ``i·N + s``), best first.
+
+    One :meth:`cell_candidates` call (one paged search) per cell and season, in cell order; a
+    search that fails (after the searcher's retries) fails the rows of that cell and season
+    with the reason and its kind (transient/permanent), never the job. Searchers that only
+    answer per point (``candidates``) are asked per point and season.
+    """
+    cands: list[list[dict]] = [[] for _ in rows]
+    lons = points["lon"].to_numpy(dtype=np.float64)
+    lats = points["lat"].to_numpy(dtype=np.float64)
+
+    def fail(idx, err):
+        for i in idx:
+            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
+
+    if not hasattr(searcher, "cell_candidates"):
+        for k in range(len(points)):
+            for season in range(n_seasons):
+                i = k * n_seasons + season
+                try:  # a bad point costs that point, never the job
+                    cands[i] = (searcher.candidates(float(lons[k]), float(lats[k])) if n_seasons == 1
+                                else searcher.candidates(float(lons[k]), float(lats[k]), season=season))
+                except Exception as err:
+                    fail([i], err)
+        return cands
+    deg = float(getattr(searcher, "cell_deg", CELL_DEG))
+    cells = search_cells(lons, lats, deg)
+    order = np.lexsort((cells[:, 1], cells[:, 0]))
+    starts = np.flatnonzero(np.r_[True, np.any(cells[order][1:] != cells[order][:-1], axis=1)])
+    for members in np.split(order, starts[1:]):
+        bbox = cell_bbox(cells[members[0]], deg)
+        for season in range(n_seasons):
+            idx = members * n_seasons + season
+            try:
+                found = searcher.cell_candidates(bbox, lons[members], lats[members],
+                                                 None if n_seasons == 1 else season)
+            except Exception as err:  # a failed search costs its cell's points, never the job
+                fail(idx, err)
+                continue
+            for i, f in zip(idx, found):
+                cands[i] = f
+    return cands
+
+
 #: Points per index part: one Ray task and one stored part file (``index/_parts/<set>/<k>.parquet``).
-#: Fixed, so that the parts (and which points share an SCL read) do not depend on the cluster's
-#: size; large enough that a part's points share scenes, small enough that losing the driver
-#: loses little work (a rerun reuses every finished part).
+#: Fixed, so that the parts (and which points share a search and an SCL read) do not depend on the
+#: cluster's size; large enough that a part's points share cells and scenes, small enough that
+#: losing the driver loses little work (a rerun reuses every finished part).
 INDEX_PART = 1024
 INDEX_BATCH = INDEX_PART  # the name older code and benches use
 
 
-def spatial_batches(points: pd.DataFrame, size: int = INDEX_PART) -> list[pd.DataFrame]:
-    """Points cut into batches of ``size`` after sorting by region and 1° cell, so the points
-    of a batch share scenes (one SCL open per scene per batch); deterministic."""
-    order = points.assign(_cy=np.floor(points["lat"].astype(float)), _cx=np.floor(points["lon"].astype(float)))
-    order = order.sort_values(["region", "_cy", "_cx", "point_id"], kind="stable").drop(columns=["_cy", "_cx"])
-    order = order.reset_index(drop=True)
-    return [order.iloc[i:i + size] for i in range(0, len(order), size)]
+def spatial_batches(points: pd.DataFrame, size: int = INDEX_PART, cell_deg: float = CELL_DEG) -> list[pd.DataFrame]:
+    """Points cut into parts of whole search cells (:func:`search.search_cells`), deterministic.
+
+    Cells are taken in (row, column) order and packed into parts of at most ``size`` points, so
+    each cell is searched once, by the part that holds it. A cell with more than ``size`` points
+    is split into parts of its own (``ceil(n / size)`` near-equal ones, by point id), each of
+    which searches it: a few more requests for very dense cells, in exchange for parts that stay
+    small enough to lose. Within a part points are in (cell, point id) order.
+    """
+    if not len(points):
+        return []
+    cells = search_cells(points["lon"].to_numpy(dtype=np.float64), points["lat"].to_numpy(dtype=np.float64),
+                         cell_deg)
+    order = points.assign(_cy=cells[:, 0], _cx=cells[:, 1])
+    order = order.sort_values(["_cy", "_cx", "point_id"], kind="stable").reset_index(drop=True)
+    sizes = order.groupby(["_cy", "_cx"], sort=False).size().to_numpy()
+    order = order.drop(columns=["_cy", "_cx"])
+    parts, start, part_start = [], 0, 0
+    for n in sizes:
+        if n > size:  # a dense cell: flush, then its own parts
+            if start > part_start:
+                parts.append((part_start, start))
+            pieces = -(-n // size)
+            edges = [start + (n * j) // pieces for j in range(pieces + 1)]
+            parts.extend(zip(edges[:-1], edges[1:]))
+            part_start = start = start + n
+            continue
+        if start + n - part_start > size:
+            parts.append((part_start, start))
+            part_start = start
+        start += n
+    if start > part_start:
+        parts.append((part_start, start))
+    return [order.iloc[a:b] for a, b in parts]
 
 
 def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: list[list[str]],
@@ -367,10 +436,16 @@ def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapte
                 ) -> tuple[pd.DataFrame, int]:
     """The chip index of a set from its parts: each part indexed in a Ray task and stored as it
     finishes, so a killed driver loses only the parts in flight. Returns (index with
-    ``items_json``, parts written)."""
+    ``items_json``, parts written).
+
+    Parts are whole search cells (:func:`spatial_batches`), so a cell is searched once. The
+    searcher's request budget is made the job's (``share_budget``: one actor for all tasks)
+    before the tasks start; ``parallelism`` is the tasks in flight (:func:`index_parallelism`).
+    """
     import ray
 
-    batches = spatial_batches(points, INDEX_PART)  # looked up now: tests shrink it
+    # INDEX_PART looked up now: tests shrink it.
+    batches = spatial_batches(points, INDEX_PART, float(getattr(searcher, "cell_deg", CELL_DEG)))
     tasks = [{"part": k, "points": pickle.dumps(b, protocol=5), "record": json.dumps(part_record(index_rec, b))}
              for k, b in enumerate(batches)]
     for uri in storage.listdir(_parts_dir(root, set_name), suffix=".parquet"):  # parts of a larger config
@@ -378,17 +453,57 @@ def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapte
             storage.remove(uri)
     results = []
     if tasks:
+        if hasattr(searcher, "share_budget"):  # one request budget for every task of the job
+            searcher.share_budget()
+
         def _do(task: dict) -> dict:
             return index_part(task, root, set_name, searcher, adapter, spec, force, retry_failed)
 
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        results = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1).take_all()
+        results = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=max(1, min(parallelism, len(tasks)))),
+                         num_cpus=1).take_all()
     uris = [part_uri(root, set_name, t["part"]) for t in tasks]
     frames = [storage.read_table(u).to_pandas() for u in uris]
     index = (pd.concat(frames, ignore_index=True) if frames
              else pd.DataFrame(columns=INDEX_COLUMNS + ["items_json"]))
     index = index.sort_values(["point_id", "chip_id"]).reset_index(drop=True)
-    return index, sum(1 for r in results if r["written"])
+    written = sum(1 for r in results if r["written"])
+    log.info("index %s: %d parts of whole search cells, %d searched, %d reused", set_name, len(tasks), written,
+             len(tasks) - written)
+    return index, written
+
+
+def ensure_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec,
+                 index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False
+                 ) -> tuple[pd.DataFrame, dict[str, str], str | None]:
+    """The set's chip index, reused when its lineage matches ``index_rec`` (and it holds no
+    failure to retry), else built (:func:`build_index`) and stored with its scene list.
+
+    Returns (index without ``items_json``, item JSON by id, why it was rebuilt or None).
+    """
+    index_uri = storage.join(root, "index", f"{set_name}.parquet")
+    items_uri = storage.join(root, "index", f"{set_name}-items.parquet")
+    why = lineage.why_redo(lineage.of_parquet(index_uri), index_rec, force)
+    index = None
+    if why is None and storage.exists(items_uri):
+        index = storage.read_table(index_uri).to_pandas()
+        if n_retry := _retry_count(index, retry_failed):
+            why, index = f"{n_retry} failed chips to retry", None
+    elif why is None:
+        why = "its scene list is missing"
+    if index is None:
+        log.info("ingest %s: chip index: %s → searching scenes for %d points", set_name, why, len(points))
+        index, _ = build_index(root, set_name, points, searcher, adapter, spec, index_rec, parallelism, force,
+                               retry_failed)
+        items_table = index.dropna(subset=["items_json"]).drop_duplicates("item_id")[["item_id", "items_json"]]
+        storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False), items_uri)
+        index = index.drop(columns=["items_json"])
+        storage.write_table(lineage.attach(pa.Table.from_pandas(index, preserve_index=False), index_rec), index_uri)
+        log.info("ingest %s: chip index written", set_name)
+    else:
+        log.info("ingest %s: chip index reused (inputs unchanged)", set_name)
+    items_df = storage.read_table(items_uri).to_pandas()
+    return index, dict(zip(items_df["item_id"], items_df["items_json"])), why
 
 
 def _retry_count(index: pd.DataFrame, retry_failed: bool) -> int:
@@ -468,6 +583,27 @@ def run_chunk_task(task: dict, root: str, set_name: str, adapter: CatalogAdapter
                        adapter, spec, landcover, force=force, retry_failed=retry_failed, context=context)
 
 
+#: Index tasks in flight per request slot of the STAC budget (``stac.max_concurrent_requests``).
+#: A part's searches are a small share of its time (a few paged cell searches, then SCL reads of
+#: its scenes from the COG store, which the budget does not limit), so several tasks share a
+#: slot; more tasks than this would mostly hold a CPU while they wait for the budget.
+INDEX_TASKS_PER_REQUEST_SLOT = 4
+
+
+def index_parallelism(n_parts: int, cluster_cpus: float, override: int | None = None,
+                      max_concurrent_requests: int | None = None) -> int:
+    """Index tasks in flight: what :func:`ingest_parallelism` gives for ``n_parts`` work units,
+    bounded by the STAC request budget (:data:`INDEX_TASKS_PER_REQUEST_SLOT` tasks per request
+    slot; no bound for in-memory catalogs, which make no requests). The bound applies to the
+    index phase only; the shard phase reads COGs, not the API, and keeps its own width.
+    (Cluster-side sizing lives in :func:`ingest_parallelism`; this function only caps it.)
+    """
+    width = ingest_parallelism(n_parts, cluster_cpus, override)
+    if max_concurrent_requests:
+        width = min(width, INDEX_TASKS_PER_REQUEST_SLOT * int(max_concurrent_requests))
+    return max(1, width)
+
+
 #: Default ceiling on ingest tasks in flight when ``chips.ingest_parallelism`` is unset.
 MAX_DEFAULT_PARALLELISM = 64
 
@@ -544,40 +680,15 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     """
     import ray
 
-    index_uri = storage.join(root, "index", f"{set_name}.parquet")
-    items_uri = storage.join(root, "index", f"{set_name}-items.parquet")
     manifest_uri = storage.join(root, "manifest", f"{set_name}.parquet")
     override = parallelism or spec.ingest_parallelism
-    # Expected chunks (an upper bound until the index says which chips are kept).
-    parallelism = ingest_parallelism(-(-len(points) // spec.chunk_size), ray.cluster_resources().get("CPU", 0),
-                                     override)
-    log.info("ingest %s: up to %d tasks at once", set_name, parallelism)
-
     source = source or source_inputs(searcher, adapter, landcover)
     index_rec = index_inputs(points, source["index"], spec)
-    old = lineage.of_parquet(index_uri)
-    why = lineage.why_redo(old, index_rec, force)
-    index = None
-    if why is None and storage.exists(items_uri):
-        index = storage.read_table(index_uri).to_pandas()
-        if n_retry := _retry_count(index, retry_failed):
-            why, index = f"{n_retry} failed chips to retry", None
-    elif why is None:
-        why = "its scene list is missing"
-    if index is None:
-        log.info("ingest %s: chip index: %s → searching scenes for %d points", set_name, why, len(points))
-        index, parts = build_index(root, set_name, points, searcher, adapter, spec, index_rec, parallelism, force,
-                                   retry_failed)
-        items_table = index.dropna(subset=["items_json"]).drop_duplicates("item_id")[["item_id", "items_json"]]
-        storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False), items_uri)
-        index = index.drop(columns=["items_json"])
-        storage.write_table(lineage.attach(pa.Table.from_pandas(index, preserve_index=False), index_rec), index_uri)
-        log.info("ingest %s: chip index written (%d of %d parts searched, the rest reused)", set_name, parts,
-                 -(-len(points) // INDEX_PART))
-    else:
-        log.info("ingest %s: chip index reused (inputs unchanged)", set_name)
-    items_df = storage.read_table(items_uri).to_pandas()
-    items_json = dict(zip(items_df["item_id"], items_df["items_json"]))
+    width = index_parallelism(-(-len(points) // INDEX_PART), ray.cluster_resources().get("CPU", 0), override,
+                              getattr(searcher, "max_concurrent_requests", None))
+    log.info("ingest %s: up to %d index tasks at once", set_name, width)
+    index, items_json, why = ensure_index(root, set_name, points, searcher, adapter, spec, index_rec, width, force,
+                                          retry_failed)
 
     if n_stale := S.remove_partial(root, set_name):
         log.info("ingest %s: removed %d temp files of writes killed mid-way", set_name, n_stale)
