@@ -355,8 +355,20 @@ class ApiSearch(_CellSearch):
             self._client.add_conforms_to("ITEM_SEARCH")
         return self._client
 
+    def _search(self, **params):
+        """An ``ItemSearch`` at the landing page's search link. The link's own (absolute) href is
+        used as it stands: ``Client.search`` resolves it through the root link, which costs a
+        second GET of the landing page in every process when the two URLs differ by a slash."""
+        from pystac_client import ItemSearch
+
+        client = self.client
+        link = client.get_search_link()
+        target = getattr(link, "target", None)
+        url = target if isinstance(target, str) and "://" in target else client._search_href()
+        return ItemSearch(url, method="POST", client=client, modifier=client.modifier, **params)
+
     def candidates(self, lon: float, lat: float, season: int | None = None) -> list[dict]:
-        search = self.client.search(
+        search = self._search(
             collections=[self.collection],
             intersects={"type": "Point", "coordinates": [lon, lat]},
             datetime=self.datetime if season is None else self.season_datetimes[season],
@@ -372,7 +384,7 @@ class ApiSearch(_CellSearch):
 
     def search_pages(self, bbox, season: int | None = None) -> Iterator[list[dict]]:
         """One paged search of ``bbox``: each page read (one request) only when asked for."""
-        search = self.client.search(
+        search = self._search(
             collections=[self.collection],
             bbox=[float(v) for v in bbox],
             datetime=self.datetime if season is None else self.season_datetimes[season],
