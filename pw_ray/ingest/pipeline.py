@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -124,7 +125,8 @@ _STAGE_NAMES = {"landcover": "land cover"}
 _Stopwatch = Stopwatch  # the name bench/ingest.py and older code use
 
 
-def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec) -> pd.DataFrame:
+def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec,
+                 timings: dict | None = None) -> pd.DataFrame:
     """Choose a scene and a chip window for each point (pure function of its inputs).
 
     Scenes are searched per cell (:func:`search_candidates`: one paged search per cell of
@@ -137,7 +139,10 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
 
     With ``searcher.seasons`` = N > 1 (``stac.seasons``) each point gets N rows, one per date
     window, with ``chip_id`` ``<point_id>-s<k>``; otherwise ``chip_id`` is the ``point_id``.
+    ``timings``, when given, receives the seconds spent searching (``search_s``) and screening
+    (``screen_s``).
     """
+    t0 = time.perf_counter()
     n_seasons = int(getattr(searcher, "seasons", 1) or 1)
     rows, reasons, items = [], [], {}
     for p in points.itertuples(index=False):
@@ -150,6 +155,7 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
             rows.append(row)
             reasons.append([])
     cands = search_candidates(points, searcher, rows, n_seasons)
+    t1 = time.perf_counter()
 
     pending = [i for i, r in enumerate(rows) if r["status"] != "failed"]
     rank = 0
@@ -171,6 +177,8 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
     # rows cross the object store and the driver collects them all.
     first = df["item_id"].notna() & ~df["item_id"].duplicated()
     df["items_json"] = [json.dumps(items[i]) if f else None for i, f in zip(df["item_id"], first)]
+    if timings is not None:
+        timings.update(search_s=t1 - t0, screen_s=time.perf_counter() - t1)
     return df
 
 
@@ -263,13 +271,18 @@ def spatial_batches(points: pd.DataFrame, size: int = INDEX_PART, cell_deg: floa
     return [order.iloc[a:b] for a, b in parts]
 
 
+#: SCL classes as lookup tables (index: the class): faster than ``np.isin`` on every window.
+_CLOUDY = np.isin(np.arange(256), C.B.SCL_CLOUDY)
+_NODATA = np.arange(256) == C.B.SCL_NODATA
+
+
 def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: list[list[str]],
                   items: dict, adapter: CatalogAdapter, spec: ChipSpec) -> None:
     """One candidate scene for several points: chip windows, one SCL read, accept or note why not."""
     try:
         grid = C.scene_grid(item, adapter, spec.resolution_m)
-        wins = {i: C.chip_window(grid, float(rows[i]["lon"]), float(rows[i]["lat"]), spec.size_px)
-                for i in members}
+        wins = dict(zip(members, C.chip_windows(grid, [rows[i]["lon"] for i in members],
+                                                [rows[i]["lat"] for i in members], spec.size_px)))
         inside = [i for i in members if wins[i] is not None]
         for i in members:
             if wins[i] is None:
@@ -281,8 +294,15 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
         for i in members:
             rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
         return
-    cloud = np.isin(scl, C.B.SCL_CLOUDY).mean(axis=(1, 2))
-    nodata = (scl == C.B.SCL_NODATA).mean(axis=(1, 2))
+    scl = scl.astype(np.uint8, copy=False)
+    cloud = _CLOUDY[scl].mean(axis=(1, 2))
+    nodata = _NODATA[scl].mean(axis=(1, 2))
+    missing = None
+    try:
+        for band in spec.bands:  # fail early, naming the band, if an asset is missing
+            adapter.asset_key(item, band)
+    except Exception as err:  # the item lacks a band: no retry will add it
+        missing = redact(f"{type(err).__name__}: {err}")
     for k, i in enumerate(inside):
         if cloud[k] > spec.max_cloud_fraction:
             reasons[i].append(f"cloud {cloud[k]:.2f} > {spec.max_cloud_fraction}")
@@ -290,11 +310,8 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
         if nodata[k] > spec.max_nodata_fraction:
             reasons[i].append(f"nodata {nodata[k]:.2f} > {spec.max_nodata_fraction}")
             continue
-        try:
-            for band in spec.bands:  # fail early, naming the band, if an asset is missing
-                adapter.asset_key(item, band)
-        except Exception as err:  # the item lacks a band: no retry will add it
-            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=PERMANENT)
+        if missing is not None:
+            rows[i].update(status="failed", reason=missing, failure=PERMANENT)
             continue
         rows[i].update(status="ok", reason="", item_id=item["id"], collection=item.get("collection"),
                        datetime=item["properties"].get("datetime"), epsg=grid.epsg,
@@ -426,14 +443,15 @@ def index_part(task: dict, root: str, set_name: str, searcher, adapter: CatalogA
         failed = kinds[kinds["status"] == "failed"]["failure"]
         if not any(retryable(k, retry_failed) for k in failed):
             return {"part": task["part"], "written": False}
-    df = index_points(points, searcher, adapter, spec)
+    cpu, timings = time.process_time(), {}
+    df = index_points(points, searcher, adapter, spec, timings)
     storage.write_table(lineage.attach(pa.Table.from_pandas(df, preserve_index=False), rec), uri)
-    return {"part": task["part"], "written": True}
+    return {"part": task["part"], "written": True, "cpu_s": time.process_time() - cpu, **timings}
 
 
 def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec,
-                index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False
-                ) -> tuple[pd.DataFrame, int]:
+                index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False,
+                stats: dict | None = None) -> tuple[pd.DataFrame, int]:
     """The chip index of a set from its parts: each part indexed in a Ray task and stored as it
     finishes, so a killed driver loses only the parts in flight. Returns (index with
     ``items_json``, parts written).
@@ -441,6 +459,8 @@ def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapte
     Parts are whole search cells (:func:`spatial_batches`), so a cell is searched once. The
     searcher's request budget is made the job's (``share_budget``: one actor for all tasks)
     before the tasks start; ``parallelism`` is the tasks in flight (:func:`index_parallelism`).
+    ``stats``, when given, receives the parts, parts written and the seconds the tasks spent
+    searching and screening and their CPU seconds (summed over tasks).
     """
     import ray
 
@@ -468,18 +488,23 @@ def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapte
              else pd.DataFrame(columns=INDEX_COLUMNS + ["items_json"]))
     index = index.sort_values(["point_id", "chip_id"]).reset_index(drop=True)
     written = sum(1 for r in results if r["written"])
-    log.info("index %s: %d parts of whole search cells, %d searched, %d reused", set_name, len(tasks), written,
+    summed = {k: float(sum(r.get(k, 0.0) for r in results)) for k in ("search_s", "screen_s", "cpu_s")}
+    log.info("index %s: %d parts of whole search cells, %d searched (search %.1f s, SCL screening %.1f s, "
+             "summed over tasks), %d reused", set_name, len(tasks), written, summed["search_s"], summed["screen_s"],
              len(tasks) - written)
+    if stats is not None:
+        stats.update(parts=len(tasks), written=written, **summed)
     return index, written
 
 
 def ensure_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec,
-                 index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False
-                 ) -> tuple[pd.DataFrame, dict[str, str], str | None]:
+                 index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False,
+                 stats: dict | None = None) -> tuple[pd.DataFrame, dict[str, str], str | None]:
     """The set's chip index, reused when its lineage matches ``index_rec`` (and it holds no
     failure to retry), else built (:func:`build_index`) and stored with its scene list.
 
-    Returns (index without ``items_json``, item JSON by id, why it was rebuilt or None).
+    Returns (index without ``items_json``, item JSON by id, why it was rebuilt or None);
+    ``stats``: see :func:`build_index`.
     """
     index_uri = storage.join(root, "index", f"{set_name}.parquet")
     items_uri = storage.join(root, "index", f"{set_name}-items.parquet")
@@ -494,7 +519,7 @@ def ensure_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapt
     if index is None:
         log.info("ingest %s: chip index: %s → searching scenes for %d points", set_name, why, len(points))
         index, _ = build_index(root, set_name, points, searcher, adapter, spec, index_rec, parallelism, force,
-                               retry_failed)
+                               retry_failed, stats)
         items_table = index.dropna(subset=["items_json"]).drop_duplicates("item_id")[["item_id", "items_json"]]
         storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False), items_uri)
         index = index.drop(columns=["items_json"])
