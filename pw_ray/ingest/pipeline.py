@@ -29,6 +29,7 @@ import logging
 import pickle
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -185,10 +186,12 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
 def search_candidates(points: pd.DataFrame, searcher, rows: list[dict], n_seasons: int) -> list[list[dict]]:
     """Candidate scenes of every row (point-major, season-minor: row ``i·N + s``), best first.
 
-    One :meth:`cell_candidates` call (one paged search) per cell and season, in cell order; a
-    search that fails (after the searcher's retries) fails the rows of that cell and season
-    with the reason and its kind (transient/permanent), never the job. Searchers that only
-    answer per point (``candidates``) are asked per point and season.
+    One :meth:`cell_candidates` call (one paged search) per cell and season; a search that fails
+    (after the searcher's retries) fails the rows of that cell and season with the reason and
+    its kind (transient/permanent), never the job. A searcher with ``search_threads`` > 1 (a
+    STAC API: the searches wait on the network) runs that many at once, within the job's request
+    budget; the answer does not depend on it. Searchers that only answer per point
+    (``candidates``) are asked per point and season.
     """
     cands: list[list[dict]] = [[] for _ in rows]
     lons = points["lon"].to_numpy(dtype=np.float64)
@@ -212,18 +215,29 @@ def search_candidates(points: pd.DataFrame, searcher, rows: list[dict], n_season
     cells = search_cells(lons, lats, deg)
     order = np.lexsort((cells[:, 1], cells[:, 0]))
     starts = np.flatnonzero(np.r_[True, np.any(cells[order][1:] != cells[order][:-1], axis=1)])
-    for members in np.split(order, starts[1:]):
-        bbox = cell_bbox(cells[members[0]], deg)
-        for season in range(n_seasons):
-            idx = members * n_seasons + season
-            try:
-                found = searcher.cell_candidates(bbox, lons[members], lats[members],
-                                                 None if n_seasons == 1 else season)
-            except Exception as err:  # a failed search costs its cell's points, never the job
-                fail(idx, err)
-                continue
-            for i, f in zip(idx, found):
-                cands[i] = f
+    jobs = [(members, season) for members in np.split(order, starts[1:]) for season in range(n_seasons)]
+
+    def search(job):
+        members, season = job
+        try:
+            return searcher.cell_candidates(cell_bbox(cells[members[0]], deg), lons[members], lats[members],
+                                            None if n_seasons == 1 else season)
+        except Exception as err:  # a failed search costs its cell's points, never the job
+            return err
+
+    threads = min(int(getattr(searcher, "search_threads", 1) or 1), len(jobs))
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="cell-search") as pool:
+            answers = list(pool.map(search, jobs))
+    else:
+        answers = [search(job) for job in jobs]
+    for (members, season), found in zip(jobs, answers):
+        idx = members * n_seasons + season
+        if isinstance(found, Exception):
+            fail(idx, found)
+            continue
+        for i, f in zip(idx, found):
+            cands[i] = f
     return cands
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Protocol
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 CELL_DEG = 1.0
 #: Items per page of a cell search (``stac.page_size``'s default; the API's ``limit``).
 PAGE_SIZE = 100
+#: Cell searches one index task runs at once against a STAC API (threads: they wait on the
+#: network). The job's request budget bounds all of them together.
+SEARCH_THREADS = 4
 
 
 class SceneSearch(Protocol):
@@ -163,16 +167,13 @@ class _CellSearch:
     """Cell search for both searchers: their pages go through :func:`candidates_in_cell`."""
 
     max_items: int
-    #: Pages read by cell searches in this process (each one HTTP request for an API).
-    pages_read: int = 0
 
     def search_pages(self, bbox, season: int | None = None) -> Iterator[list[dict]]:  # pragma: no cover
         raise NotImplementedError
 
     def cell_candidates(self, bbox, lons, lats, season: int | None = None) -> list[list[dict]]:
         """Per point of one cell (``bbox``: the cell's west, south, east, north), its best items."""
-        found, pages = candidates_in_cell(self.search_pages(bbox, season), lons, lats, self.max_items)
-        self.pages_read += pages
+        found, _ = candidates_in_cell(self.search_pages(bbox, season), lons, lats, self.max_items)
         return found
 
 
@@ -305,8 +306,13 @@ class ApiSearch(_CellSearch):
         self.cell_deg, self.page_size = float(cell_deg), int(page_size)
         # A lease outlives any request that is still on the wire (connect + read timeouts).
         self.limits = BudgetLimits(max_concurrent_requests, max_requests_per_s, lease_s=max(60.0, 4 * timeout_s))
+        #: Cell searches one task runs at once (they wait on the network); never more than the
+        #: budget's concurrency, which bounds them all.
+        self.search_threads = min(SEARCH_THREADS, max_concurrent_requests or SEARCH_THREADS)
         self._client = None
-        self._adapter = None
+        self._lock = threading.RLock()
+        self._local = threading.local()  # one HTTP session per thread: sessions are not shared
+        self._adapters: list[BudgetedAdapter] = []
         self._budget = None
 
     @property
@@ -315,45 +321,62 @@ class ApiSearch(_CellSearch):
 
     def __getstate__(self):  # clients hold sessions: rebuild them in each Ray worker
         state = dict(self.__dict__)
-        state["_client"] = None
-        state["_adapter"] = None
+        state.update(_client=None, _lock=None, _local=None, _adapters=[])
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock, self._local = threading.RLock(), threading.local()
 
     @property
     def budget(self):
         """The request budget: the job's (after :meth:`share_budget`) or this process's own."""
-        if self._budget is None:
-            self._budget = LocalBudget(self.limits)
-        return self._budget
+        with self._lock:
+            if self._budget is None:
+                self._budget = LocalBudget(self.limits)
+            return self._budget
 
     def share_budget(self):
         """One budget for every copy of this searcher in the Ray job (a named actor; a process-
         local budget without Ray). Call on the driver before handing the searcher to tasks."""
         self._budget = shared_budget(self.url, self.limits)
-        self._client = self._adapter = None
+        self._client, self._local, self._adapters = None, threading.local(), []
         return self._budget
 
     @property
     def requests_sent(self) -> int:
         """HTTP requests this process sent through the budget (retries included)."""
-        return self._adapter.counts["sent"] if self._adapter is not None else 0
+        return sum(a.counts["sent"] for a in self._adapters)
 
-    @property
-    def client(self):
-        if self._client is None:
-            from pystac_client import Client
+    def _io(self):
+        """This thread's ``StacApiIO``: its own session, every request through the budget."""
+        io = getattr(self._local, "io", None)
+        if io is None:
             from pystac_client.stac_api_io import StacApiIO
 
             io = StacApiIO(max_retries=None, timeout=self.timeout_s)
-            self._adapter = BudgetedAdapter(self.budget, retries=self.retries, backoff_s=self.backoff_s)
-            mount(io.session, self._adapter)
-            # Client.open calls stac_io.update(timeout=...), which resets the timeout to its own
-            # argument (None: wait forever): pass it here too.
-            self._client = Client.open(self.url, stac_io=io, timeout=self.timeout_s)
-            self._client.add_conforms_to("SORT")
-            self._client.add_conforms_to("QUERY")
-            self._client.add_conforms_to("ITEM_SEARCH")
-        return self._client
+            adapter = BudgetedAdapter(self.budget, retries=self.retries, backoff_s=self.backoff_s)
+            mount(io.session, adapter)
+            with self._lock:
+                self._adapters.append(adapter)
+            self._local.io = io
+        return io
+
+    @property
+    def client(self):
+        """The process's pystac-client ``Client`` (opened once: one landing-page request)."""
+        with self._lock:
+            if self._client is None:
+                from pystac_client import Client
+
+                # Client.open calls stac_io.update(timeout=...), which resets the timeout to its
+                # own argument (None: wait forever): pass it here too.
+                client = Client.open(self.url, stac_io=self._io(), timeout=self.timeout_s)
+                client.add_conforms_to("SORT")
+                client.add_conforms_to("QUERY")
+                client.add_conforms_to("ITEM_SEARCH")
+                self._client = client
+            return self._client
 
     def _search(self, **params):
         """An ``ItemSearch`` at the landing page's search link. The link's own (absolute) href is
@@ -365,7 +388,7 @@ class ApiSearch(_CellSearch):
         link = client.get_search_link()
         target = getattr(link, "target", None)
         url = target if isinstance(target, str) and "://" in target else client._search_href()
-        return ItemSearch(url, method="POST", client=client, modifier=client.modifier, **params)
+        return ItemSearch(url, method="POST", client=client, stac_io=self._io(), modifier=client.modifier, **params)
 
     def candidates(self, lon: float, lat: float, season: int | None = None) -> list[dict]:
         search = self._search(

@@ -74,6 +74,7 @@ def test_search_requests_are_counted_per_cell_not_per_point(stac_api):
         landing = px.requests("GET", "/")
     assert len(cells) == 6 and per_point == len(points) * seasons == 120
     assert per_cell <= len(cells) * seasons * pages and per_cell == 12
+    # One landing page per process (the client is shared; each search thread has its own session).
     assert landing == 1 and search.requests_sent == per_cell + landing
     assert per_cell / (len(points) * seasons) == pytest.approx(0.1)
     _same_index(got, want)
