@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     ap.add_argument("--points-per-place", type=int, default=25, help="points per scene footprint (≥ 20)")
     ap.add_argument("--places-per-cell", type=int, default=2, help="scene footprints per 1° cell")
     ap.add_argument("--revisits", type=int, default=3, help="items per footprint (dates, cloud covers)")
-    ap.add_argument("--subset-every", type=int, default=20, help="shards + analyze for one footprint in N")
+    ap.add_argument("--subset-every", type=int, default=10, help="shards + analyze for one footprint in N")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--max-concurrent-requests", type=int, default=8)
     ap.add_argument("--target", type=int, default=TARGET, help="points per set to extrapolate to")
@@ -469,6 +469,11 @@ def main(argv=None) -> int:
         "index_points_per_s": round(last["points"] / last["stage_s"]["index"], 1),
         "analyze_chips": [r["analyze_chips"] for r in rows],
         "analyze_chips_per_s_per_core": round(last["analyze_chips_per_s_per_core"], 1),
+        # The cost of more chips, without the job's fixed start (Ray Data, the codebook fit).
+        "analyze_marginal_chips_per_s_per_core": round((last["analyze_chips"] - rows[-2]["analyze_chips"])
+                                                       / max(1e-9, last["stage_s"]["analyze"]
+                                                             - rows[-2]["stage_s"]["analyze"]) / args.cores, 1),
+        "driver_peak_mb_by_stage": {s: [r["stage_peak_mb"].get(s) for r in rows] for s in STAGES},
         "superlinear": superlinear,
         "total_s": round(time.perf_counter() - t0, 1),
     }
