@@ -1,11 +1,13 @@
 """The ingest stage on Ray Data: points → chip index → chips grouped by scene → shards → manifest.
 
-1. **Index** (``index/<set>.parquet``): per point, search scenes (best cloud first), compute the
-   chip window in the scene's 10 m grid, read the SCL window and keep the first scene whose chip
-   passes the cloud and no-data limits — in parts of spatially sorted points (one Ray task and
-   one stored part file each, ``index/_parts/<set>/``), one SCL read per scene per part. Points
-   with no usable scene are recorded as skipped with the reason; errors as failed, transient or
-   permanent. Items go to ``index/<set>-items.parquet`` (no signed URLs).
+1. **Index** (``index/<set>.parquet``): scenes searched per cell (one paged search per
+   ``stac.search_cell_deg`` cell and season for all its points, within the job's STAC request
+   budget), each point's candidates ranked best cloud first; per point the chip window in the
+   scene's 10 m grid, the SCL window read, and the first scene whose chip passes the cloud and
+   no-data limits kept — in parts of whole cells (one Ray task and one stored part file each,
+   ``index/_parts/<set>/``), one SCL read per scene per part. Points with no usable scene are
+   recorded as skipped with the reason; errors as failed, transient or permanent. Items go to
+   ``index/<set>-items.parquet`` (no signed URLs).
 2. **Chunks**: kept chips are sorted by (region, scene, window) and whole scenes packed into
    chunks of at most ``chips.chunk_size``; a chunk's chips come from few scenes.
 3. **Shards**: one Ray task per chunk reads its scenes and writes

@@ -175,3 +175,16 @@ def test_throttling_ends_after_its_own_retry_count(monkeypatch):
     budget = _Recorder()
     assert _get(BudgetedAdapter(budget, retries=5, backoff_s=0.0)).status_code == 429
     assert budget.calls.count("acquire") == 3
+
+
+def test_index_tasks_in_flight_follow_the_cluster_but_not_past_the_request_budget():
+    from pw_ray.ingest import pipeline as P
+
+    cap = P.INDEX_TASKS_PER_REQUEST_SLOT
+    # A big cluster and many parts: the budget of 2 requests in flight caps the index tasks …
+    assert P.index_parallelism(1000, 1000, None, 2) == 2 * cap
+    # … an explicit chips.ingest_parallelism too (more tasks would only wait for leases) …
+    assert P.index_parallelism(1000, 1000, 500, 2) == 2 * cap
+    # … and without a limit (in-memory catalogs make no requests) the cluster decides alone.
+    assert P.index_parallelism(1000, 1000, None, None) == P.ingest_parallelism(1000, 1000)
+    assert P.index_parallelism(3, 2, None, 8) == P.ingest_parallelism(3, 2) == 3
