@@ -22,11 +22,15 @@ side. For each size (points per set, spread over the six continents like ``globa
 
 Per size it prints STAC search requests per point (counted at the proxy), the driver's peak RSS
 (``ru_maxrss`` of the driver process: Ray's workers are other processes), seconds per stage,
-then per stage the log-log slope of seconds against points and the value extrapolated to
-``--target`` points (700,000, the paper's set size): the larger of the power law through the
-sizes and the straight line through the two largest (a fixed start-up cost makes the log-log
-slope read low at small sizes; the line keeps the marginal cost). Driver memory is affine in the
-rows it holds, so its extrapolation is the line. Stages with a slope above 1.15 are listed as
+then per stage the log-log slope against points (shards and analyze: against their chips) and
+the value extrapolated to ``--target`` (700,000, the paper's set size): the larger of the power
+law through the sizes and the straight line through the two largest (a fixed start-up cost
+makes the log-log slope read low at small sizes; the line keeps the marginal cost). Slopes are
+fitted on CPU seconds, which other work on a shared machine does not inflate: the driver's own
+for the stages that run in it (plan, chunks, manifest), the driver's plus all of Ray's under it
+for the stages that run tasks (``tree_cpu_s``); the extrapolated seconds are wall seconds on the
+cores used. Driver memory is affine in the rows it holds, so its extrapolation is the line.
+Stages with a slope above 1.15 (and at least 0.2 CPU seconds at the largest size) are listed as
 ``superlinear``.
 
     python bench/scale.py                                       # 5k, 20k, 80k points (~10–15 min on 2 cores)
@@ -67,9 +71,11 @@ SUPERLINEAR_SLOPE = 1.15
 STAGES = ("plan", "index", "chunks", "manifest", "shards", "analyze")
 #: What each stage's slope is fitted on. Wall clock on a machine shared with other work moves
 #: with their load; CPU seconds do not: the driver's own for the stages that run on it, the
-#: index tasks' summed CPU for the index. Shards and analyze (Ray Data on a subset): wall.
-FIT_BASIS = {"plan": "driver_cpu", "index": "task_cpu", "chunks": "driver_cpu", "manifest": "driver_cpu",
-             "shards": "wall", "analyze": "wall"}
+#: driver's and all of Ray's under it (``tree_cpu_s``) for the stages that run tasks.
+FIT_BASIS = {"plan": "driver_cpu", "index": "tree_cpu", "chunks": "driver_cpu", "manifest": "driver_cpu",
+             "shards": "tree_cpu", "analyze": "tree_cpu"}
+#: Stages run on a subset of the points: fitted against their chips, extrapolated to TARGET chips.
+SUBSET_STAGES = ("shards", "analyze")
 #: A slope is only called superlinear when the stage takes at least this long at the largest size
 #: (below it, timer noise decides the slope).
 MIN_FLAG_S = 0.2
@@ -205,6 +211,37 @@ class RssSampler:
         self._t.join()
 
 
+def tree_cpu_s(root_pid: int | None = None) -> float:
+    """CPU seconds used so far by a process and every process under it (Ray's raylet, GCS and
+    workers under a driver), from /proc: user + system of the live ones plus what they reaped.
+    Unlike wall time it does not grow when other work shares the machine."""
+    root_pid = root_pid or os.getpid()
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d)] = int(fields[1])
+        cpu[int(d)] = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
+    total, todo, seen = 0.0, [root_pid], set()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += cpu.get(pid, 0.0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
 def _search_requests(control_url: str) -> int:
     import urllib.request
 
@@ -240,6 +277,7 @@ def run_size(args: dict) -> dict:
     out: dict = {"points": n, "places": len(places)}
     sec: dict[str, float] = {}
     cpu: dict[str, float] = {}  # this driver process's CPU seconds per stage
+    tree: dict[str, float] = {}  # CPU seconds of the driver and all of Ray under it, per stage
 
     class stage:  # noqa: N801 (a with-block per stage: wall and driver CPU seconds, RSS peak)
         def __init__(self, key):
@@ -247,11 +285,12 @@ def run_size(args: dict) -> dict:
 
         def __enter__(self):
             rss.stage = self.key
-            self.t, self.c = time.perf_counter(), time.process_time()
+            self.t, self.c, self.tree = time.perf_counter(), time.process_time(), tree_cpu_s()
 
         def __exit__(self, *exc):
             sec[self.key] = time.perf_counter() - self.t
             cpu[self.key] = time.process_time() - self.c
+            tree[self.key] = tree_cpu_s() - self.tree
 
     with stage("plan"):
         points = plan_set(PretrainSet(name=name, region="global", size=n, seed=0), coverage)
@@ -303,6 +342,8 @@ def run_size(args: dict) -> dict:
     rss.stop()
     out["stage_s"] = {k: round(v, 3) for k, v in sec.items()}
     out["stage_cpu_s"] = {k: round(v, 3) for k, v in cpu.items()}
+    out["stage_tree_cpu_s"] = {k: round(v, 3) for k, v in tree.items()}
+    out["shard_stage_s"] = {k: round(v, 3) for k, v in summary.stage_s.items()}
     out["stage_peak_mb"] = {k: round(v, 1) for k, v in rss.peaks.items()}
     out["driver_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["index_rows"], out["scenes"] = len(index), len(items_json)
@@ -334,17 +375,19 @@ def figure(rows: list[dict], fits: dict, target: int, path: str) -> None:
     import matplotlib.pyplot as plt
 
     x = np.array([r["points"] for r in rows], float)
-    xt = np.geomspace(x[0], target, 50)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for k, stage in enumerate(STAGES):
+    for stage in STAGES:
+        xs = np.array([_x(r, stage) for r in rows], float)
         y = np.array([r["stage_s"][stage] for r in rows])
         f = fits[stage]
-        line, = ax.loglog(x, y, "o-", label=f"{stage} (slope {f['slope']:.2f})")
+        what = " (vs chips)" if stage in SUBSET_STAGES else ""
+        line, = ax.loglog(xs, y, "o-" if not what else "s--", label=f"{stage}{what}, slope {f['slope']:.2f}")
+        xt = np.geomspace(xs[-1], target, 20)
         ax.loglog(xt, f["value"] * (xt / target) ** max(f["slope"], 0.0), ":", color=line.get_color(), alpha=0.6)
     ax.axvline(target, color="grey", lw=0.8)
-    ax.set_xlabel("points per set")
-    ax.set_ylabel("seconds (2 cores)")
-    ax.set_title("seconds per stage; dotted: extrapolation")
+    ax.set_xlabel("points per set (shards, analyze: chips)")
+    ax.set_ylabel("wall seconds (2 cores, shared machine)")
+    ax.set_title("seconds per stage; dotted: to 700k (CPU-fitted slope)")
     ax.legend(fontsize=8)
     mem = np.array([r["driver_peak_mb"] for r in rows])
     bx.plot(x / 1000, mem, "o-", label="driver peak RSS")
@@ -435,11 +478,12 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     x = [r["points"] for r in rows]
-    fits = {s: extrapolate(x, [r["stage_s"][s] for r in rows], args.target) for s in STAGES}
+    fits = {s: extrapolate([_x(r, s) for r in rows], [r["stage_s"][s] for r in rows], args.target) for s in STAGES}
     basis = {s: [_basis(r, s) for r in rows] for s in STAGES}
     for s in STAGES:  # the slope from the load-proof basis; the 700k value in wall seconds
         fits[s]["slope_wall"] = fits[s]["slope"]
-        fits[s]["slope"] = round(loglog_slope(x, basis[s]), 3)
+        fits[s]["slope"] = round(loglog_slope([_x(r, s) for r in rows], basis[s]), 3)
+        fits[s]["cpu_700k"] = extrapolate([_x(r, s) for r in rows], basis[s], args.target)["value"]
     fits["driver_peak_mb"] = extrapolate(x, [r["driver_peak_mb"] for r in rows], args.target)
     superlinear = [s for s in STAGES if fits[s]["slope"] > SUPERLINEAR_SLOPE and basis[s][-1] >= MIN_FLAG_S]
     _print_table(rows, fits, args.target)
@@ -462,7 +506,11 @@ def main(argv=None) -> int:
         "slopes": {s: fits[s]["slope"] for s in STAGES},
         "slope_basis": FIT_BASIS,
         "stage_cpu_s": {s: [r["stage_cpu_s"][s] for r in rows] for s in STAGES},
+        "stage_tree_cpu_s": {s: [r["stage_tree_cpu_s"][s] for r in rows] for s in STAGES},
+        "stage_cpu_s_700k": {s: round(fits[s]["cpu_700k"], 1) for s in STAGES},
         "index_task_cpu_s": [r["index_task_cpu_s"] for r in rows],
+        "shard_chips": [r["shard_chips"] for r in rows],
+        "shard_task_stage_s": [r["shard_stage_s"] for r in rows],
         "index_search_share": round(sum(r["index_search_s"] for r in rows)
                                     / max(1e-9, sum(r["index_search_s"] + r["index_screen_s"] for r in rows)), 3),
         "stage_s_700k": {s: round(fits[s]["value"], 1) for s in STAGES},
@@ -485,9 +533,14 @@ def _basis(row: dict, stage: str) -> float:
     kind = FIT_BASIS[stage]
     if kind == "driver_cpu":
         return row["stage_cpu_s"][stage]
-    if kind == "task_cpu":
-        return row["index_task_cpu_s"]
+    if kind == "tree_cpu":
+        return row["stage_tree_cpu_s"][stage]
     return row["stage_s"][stage]
+
+
+def _x(row: dict, stage: str) -> int:
+    """What a stage's work grows with: points, or for the subset stages their chips."""
+    return row["analyze_chips"] if stage in SUBSET_STAGES else row["points"]
 
 
 def _print_table(rows: list[dict], fits: dict, target: int) -> None:
