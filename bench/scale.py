@@ -23,13 +23,14 @@ side. For each size (points per set, spread over the six continents like ``globa
 Per size it prints STAC search requests per point (counted at the proxy), the driver's peak RSS
 (``ru_maxrss`` of the driver process: Ray's workers are other processes), seconds per stage,
 then per stage the log-log slope against points (shards and analyze: against their chips) and
-the value extrapolated to ``--target`` (700,000, the paper's set size): the larger of the power
-law through the sizes and the straight line through the two largest (a fixed start-up cost
-makes the log-log slope read low at small sizes; the line keeps the marginal cost). Slopes are
+the value extrapolated to ``--target`` (700,000, the paper's set size): the larger of the straight
+line through the two largest sizes (the marginal cost: a fixed start-up cost makes the log-log
+slope read low at small sizes) and the largest size grown along the fitted slope. Slopes are
 fitted on CPU seconds, which other work on a shared machine does not inflate: the driver's own
 for the stages that run in it (plan, chunks, manifest), the driver's plus all of Ray's under it
 for the stages that run tasks (``tree_cpu_s``); the extrapolated seconds are wall seconds on the
-cores used. Driver memory is affine in the rows it holds, so its extrapolation is the line.
+cores used. Driver memory is affine in the rows it holds, so its extrapolation is the line, per
+stage (RSS sampled every 20 ms), the largest: the process's own peak can sit in start-up.
 Stages with a slope above 1.15 (and at least 0.2 CPU seconds at the largest size) are listed as
 ``superlinear``.
 
@@ -359,7 +360,8 @@ def loglog_slope(x, y) -> float:
 
 
 def extrapolate(x, y, target: float) -> dict:
-    """Power law through all sizes and the line through the two largest; ``value``: the larger."""
+    """Power law through all sizes and the line through the two largest; ``value``: the larger
+    (for stage seconds, :func:`main` replaces it with the line or the CPU-slope growth)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     slope = loglog_slope(x, y)
     a = float(np.polyfit(np.log(x), np.log(np.maximum(y, 1e-9)), 1)[1])
@@ -390,10 +392,14 @@ def figure(rows: list[dict], fits: dict, target: int, path: str) -> None:
     ax.set_title("seconds per stage; dotted: to 700k (CPU-fitted slope)")
     ax.legend(fontsize=8)
     mem = np.array([r["driver_peak_mb"] for r in rows])
-    bx.plot(x / 1000, mem, "o-", label="driver peak RSS")
-    m = fits["driver_peak_mb"]
-    bx.plot([x[-1] / 1000, target / 1000], [mem[-1], m["line"]], ":", color="C0")
+    bx.plot(x / 1000, mem, "o-", label="driver peak RSS (process)")
+    stage = fits["driver_peak_mb"].get("stage")
+    if stage:
+        sm = np.array([r["stage_peak_mb"][stage] for r in rows])
+        bx.plot(x / 1000, sm, "o--", color="C1", label=f"driver RSS in {stage}")
+        bx.plot([x[-1] / 1000, target / 1000], [sm[-1], fits["driver_peak_mb"]["line"]], ":", color="C1")
     bx.axhline(4096, color="C3", lw=0.8, label="goal 4 GB")
+    bx.set_ylim(0, 4600)
     req = [r["requests_per_point"] for r in rows]
     bx2 = bx.twinx()
     bx2.plot(x / 1000, req, "s--", color="C2", label="search requests per point")
@@ -481,10 +487,23 @@ def main(argv=None) -> int:
     fits = {s: extrapolate([_x(r, s) for r in rows], [r["stage_s"][s] for r in rows], args.target) for s in STAGES}
     basis = {s: [_basis(r, s) for r in rows] for s in STAGES}
     for s in STAGES:  # the slope from the load-proof basis; the 700k value in wall seconds
+        xs = [_x(r, s) for r in rows]
         fits[s]["slope_wall"] = fits[s]["slope"]
-        fits[s]["slope"] = round(loglog_slope([_x(r, s) for r in rows], basis[s]), 3)
-        fits[s]["cpu_700k"] = extrapolate([_x(r, s) for r in rows], basis[s], args.target)["value"]
+        fits[s]["slope"] = round(loglog_slope(xs, basis[s]), 3)
+        fits[s]["cpu_700k"] = extrapolate(xs, basis[s], args.target)["value"]
+        # Wall seconds at the target: the marginal cost (line) or the largest size grown along the
+        # CPU slope, whichever is more; a power law of noisy wall times would overshoot either way.
+        grown = rows[-1]["stage_s"][s] * (args.target / xs[-1]) ** max(fits[s]["slope"], 0.0)
+        fits[s]["value"] = max(fits[s]["line"], grown)
+    # Driver memory: the line through the two largest sizes, per stage (the process's own peak can
+    # sit in start-up, a constant, and hide what grows), the largest of them.
+    mem_fits = {k: extrapolate(x, [r["stage_peak_mb"].get(k, 0.0) for r in rows], args.target)["line"]
+                for k in ("start",) + STAGES}
+    mem_fits["process"] = extrapolate(x, [r["driver_peak_mb"] for r in rows], args.target)["line"]
+    peak_stage = max(mem_fits, key=mem_fits.get)
     fits["driver_peak_mb"] = extrapolate(x, [r["driver_peak_mb"] for r in rows], args.target)
+    fits["driver_peak_mb"]["line"] = mem_fits[peak_stage]
+    fits["driver_peak_mb"]["stage"] = peak_stage if peak_stage in ("start",) + STAGES else None
     superlinear = [s for s in STAGES if fits[s]["slope"] > SUPERLINEAR_SLOPE and basis[s][-1] >= MIN_FLAG_S]
     _print_table(rows, fits, args.target)
     if args.figure:
@@ -500,6 +519,9 @@ def main(argv=None) -> int:
         "points_per_cell": [round(r["points"] / r["cells"], 1) for r in rows],
         "driver_peak_mb": [round(r["driver_peak_mb"], 1) for r in rows],
         "driver_peak_mb_700k": round(fits["driver_peak_mb"]["line"], 1),
+        "driver_peak_700k_stage": peak_stage,
+        "driver_kb_per_point": round((rows[-1]["stage_peak_mb"][peak_stage] - rows[-2]["stage_peak_mb"][peak_stage])
+                                     / (x[-1] - x[-2]) * 1024, 3) if peak_stage in STAGES else None,
         "manifest_s": [r["stage_s"]["manifest"] for r in rows],
         "manifest_s_700k": round(fits["manifest"]["value"], 3),
         "stage_s": {s: [r["stage_s"][s] for r in rows] for s in STAGES},
@@ -521,7 +543,7 @@ def main(argv=None) -> int:
         "analyze_marginal_chips_per_s_per_core": round((last["analyze_chips"] - rows[-2]["analyze_chips"])
                                                        / max(1e-9, last["stage_s"]["analyze"]
                                                              - rows[-2]["stage_s"]["analyze"]) / args.cores, 1),
-        "driver_peak_mb_by_stage": {s: [r["stage_peak_mb"].get(s) for r in rows] for s in STAGES},
+        "driver_peak_mb_by_stage": {s: [r["stage_peak_mb"].get(s) for r in rows] for s in ("start",) + STAGES},
         "superlinear": superlinear,
         "total_s": round(time.perf_counter() - t0, 1),
     }
