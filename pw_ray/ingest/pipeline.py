@@ -502,7 +502,8 @@ def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapte
     frames = [storage.read_table(u).to_pandas() for u in uris]
     index = (pd.concat(frames, ignore_index=True) if frames
              else pd.DataFrame(columns=INDEX_COLUMNS + ["items_json"]))
-    index = index.sort_values(["point_id", "chip_id"]).reset_index(drop=True)
+    del frames  # one copy of the rows less while sorting (the driver holds every row of the set)
+    index = index.sort_values(["point_id", "chip_id"], ignore_index=True)
     written = sum(1 for r in results if r["written"])
     summed = {k: float(sum(r.get(k, 0.0) for r in results)) for k in ("search_s", "screen_s", "cpu_s")}
     log.info("index %s: %d parts of whole search cells, %d searched (search %.1f s, SCL screening %.1f s, "
@@ -541,8 +542,8 @@ def ensure_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapt
         index = index.drop(columns=["items_json"])
         storage.write_table(lineage.attach(pa.Table.from_pandas(index, preserve_index=False), index_rec), index_uri)
         log.info("ingest %s: chip index written", set_name)
-    else:
-        log.info("ingest %s: chip index reused (inputs unchanged)", set_name)
+        return index, dict(zip(items_table["item_id"], items_table["items_json"])), why
+    log.info("ingest %s: chip index reused (inputs unchanged)", set_name)
     items_df = storage.read_table(items_uri).to_pandas()
     return index, dict(zip(items_df["item_id"], items_df["items_json"])), why
 
