@@ -384,12 +384,11 @@ def figure(rows: list[dict], fits: dict, target: int, path: str) -> None:
         f = fits[stage]
         what = " (vs chips)" if stage in SUBSET_STAGES else ""
         line, = ax.loglog(xs, y, "o-" if not what else "s--", label=f"{stage}{what}, slope {f['slope']:.2f}")
-        xt = np.geomspace(xs[-1], target, 20)
-        ax.loglog(xt, f["value"] * (xt / target) ** max(f["slope"], 0.0), ":", color=line.get_color(), alpha=0.6)
+        ax.loglog([xs[-1], target], [y[-1], f["value"]], ":", color=line.get_color(), alpha=0.6)
     ax.axvline(target, color="grey", lw=0.8)
     ax.set_xlabel("points per set (shards, analyze: chips)")
     ax.set_ylabel("wall seconds (2 cores, shared machine)")
-    ax.set_title("seconds per stage; dotted: to 700k (CPU-fitted slope)")
+    ax.set_title("seconds per stage; dotted: extrapolated to 700k")
     ax.legend(fontsize=8)
     mem = np.array([r["driver_peak_mb"] for r in rows])
     bx.plot(x / 1000, mem, "o-", label="driver peak RSS (process)")
