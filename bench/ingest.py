@@ -31,7 +31,8 @@ workers), sampled every 0.1 s during the pipeline run, at 1× and 4× the set si
     python bench/ingest.py [--points 240] [--cores 2] [--size-px 96] [--chunk-size 256]
     python bench/ingest.py --points 1800 --scenes-per-region 4 --scene-px 480 --block-px 256   # dense
 
-The last line printed is one JSON object.
+The last line printed is one JSON object; ``parquet_bytes_per_chip`` and ``wds_bytes_per_chip`` are
+what the 4x set's shards hold per chip (``pw-ray estimate --calibration`` reads them).
 """
 
 from __future__ import annotations
@@ -278,6 +279,11 @@ def main(argv=None) -> int:
         items_df = storage.read_table(storage.join(root, "index", "b4-items.parquet")).to_pandas()
         items = {r.item_id: json.loads(r.items_json) for r in items_df.itertuples(index=False)}
         n = res[4]["chips"]
+        # What the shards of the 4x set hold per chip (pw-ray estimate --calibration scales it by pixels).
+        from pw_ray.ingest import shards as S
+
+        shard_bytes = {kind: sum(os.path.getsize(storage.local_path(u)) for u in files)
+                       for kind, files in (("parquet", S.shard_files(root, "b4")), ("wds", S.wds_files(root, "b4")))}
         t_one, one_stages = one_process(root, "b4", index, items, src, cfg.chips)
         # The synthetic land cover: one raster per scene, on the scene's grid.
         from pw_ray import synthetic
@@ -328,6 +334,8 @@ def main(argv=None) -> int:
         "one_process_vs_decode_limit": round(one / dec, 3),
         "one_process_ms_per_chip": stage_ms, "decode_limit_ms_per_chip": round(1000 * t_dec / n, 3),
         "chunk_size": args.chunk_size,
+        "parquet_bytes_per_chip": round(shard_bytes["parquet"] / max(n, 1)),
+        "wds_bytes_per_chip": round(shard_bytes["wds"] / max(n, 1)),
         "block_px": args.block_px, "scene_px": args.scene_px,
         "peak_rss_mb": {"1x": round(res[1]["peak_rss_mb"]), "4x": round(res[4]["peak_rss_mb"])},
     }

@@ -1,4 +1,4 @@
-"""Samples/s of pretraining through Ray Train + Ray Data against a plain PyTorch loop, side by side.
+"""Samples/s of pretraining through Ray Train against a plain PyTorch loop, side by side.
 
     python bench/pretrain.py [--chips 2048] [--batch 16] [--steps 100] [--warmup 10] [--threads 1]
 
@@ -6,8 +6,8 @@ Builds a synthetic set with the real pipeline (plan + ingest into a temporary ro
 trains the same model (tiny preset, 32 px chips by default) with the same batch and number of
 steps three times: the plain loop (:func:`pw_ray.pretrain.step.train_plain`) over the chips
 held in memory, the pretraining stage (:func:`pw_ray.pretrain.trainer.pretrain_set`: a
-TorchTrainer whose worker streams the shards with Ray Data), and the plain loop again, so
-that drift in a shared machine's load shows.
+TorchTrainer whose worker streams the shards with :mod:`pw_ray.pretrain.loader`), and the plain
+loop again, so that drift in a shared machine's load shows.
 
 Only steady-state steps are timed. Plain: ``--steps`` steps after ``--warmup`` untimed ones.
 Ray: the TensorBoard events rank 0 writes every ``--log-every`` steps carry wall times; the
@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
         "build_shards_s": round(build_s, 1), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 1),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    rows = [("plain PyTorch, in-memory tensors (before)", plain[0]), ("Ray Train + Ray Data stream", ray_sps),
+    rows = [("plain PyTorch, in-memory tensors (before)", plain[0]), ("Ray Train, streaming the shards", ray_sps),
             ("plain PyTorch, in-memory tensors (after)", plain[1])]
     print(f"\nSatMAE {args.preset}, {args.size} px, batch {args.batch}, {args.steps} timed steps after {args.warmup}, "
           f"{args.threads} thread(s), {os.cpu_count()} CPUs (load {out['load_avg_1m']})")

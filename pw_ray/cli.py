@@ -55,7 +55,61 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--retry-failed", action="store_true",
                            help="also retry chips that failed permanently (a missing band, a corrupt asset); "
                                 "transient failures are retried on every run")
+        if name == "validate":
+            _cluster_option(p)
+    est = sub.add_parser("estimate", help="points, requests, bytes, hours and cost of a config, before running it",
+                         description="Estimate every stage of the experiment (points, STAC requests, scenes, "
+                                     "bytes read and written, chips, CPU- and GPU-hours, checkpoint storage, "
+                                     "cost) from the config alone, printing the source of every number. "
+                                     "Runs nothing, writes nothing, reads no remote file.")
+    est.add_argument("--config", required=True, help="experiment YAML (path or URI)")
+    est.add_argument("--root", help="override the config's storage root (path, s3://, gs://)")
+    est.add_argument("--calibration", action="append", metavar="JSON",
+                     help="output (or last JSON line) of bench/gpu_step.py, bench/ingest.py, bench/analyze.py or "
+                          "bench/evaluate.py; repeat for several")
+    _cluster_option(est)
+    for flag, field in (("--mfu", "mfu"), ("--gpu-peak-tflops", "gpu_peak_tflops"),
+                        ("--price-cpu-hour", "price_cpu_hour"), ("--price-gpu-hour", "price_gpu_hour"),
+                        ("--price-storage-gb-month", "price_storage_gb_month")):
+        est.add_argument(flag, type=float, dest=field, help=f"overrides the config's estimate.{field}")
+    est.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
+
+
+def _cluster_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="YAML",
+                   help="a Ray cluster YAML (cluster.yaml, cluster-gcp.yaml): check every resource request of the "
+                        "config fits its node types and caps")
+
+
+ESTIMATE_FLAGS = ("mfu", "gpu_peak_tflops", "price_cpu_hour", "price_gpu_hour", "price_storage_gb_month")
+
+
+def _cluster_report(cfg, uri: str):
+    from pw_ray.cluster import check_fit, load_cluster
+
+    return check_fit(cfg, load_cluster(uri))
+
+
+def _estimate(args, cfg) -> int:
+    """``pw-ray estimate``: the arithmetic of pw_ray.estimate, printed."""
+    from pw_ray.estimate import CalibrationError, estimate, format_estimate, load_calibration
+
+    flags = {f: getattr(args, f) for f in ESTIMATE_FLAGS if getattr(args, f) is not None}
+    if flags:
+        from pw_ray.config import parse_config
+
+        data = cfg.model_dump(mode="json")
+        data["estimate"] = {**data["estimate"], **flags}
+        cfg = parse_config(data)
+    try:
+        calibration = load_calibration(args.calibration)
+        fit = _cluster_report(cfg, args.cluster) if args.cluster else None
+    except (CalibrationError, ValueError) as err:
+        print(f"pw-ray estimate failed: {err}", file=sys.stderr, flush=True)
+        return 2
+    print(format_estimate(estimate(cfg, calibration), cfg, args.config, fit), flush=True)
+    return 0
 
 
 def _print_fetch_hint(index_uri: str | None) -> None:
@@ -78,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     elif getattr(args, "root", None):
         overrides["root"] = args.root
     try:
-        if args.command == "validate":  # validation writes nothing: no probe file, no root folder
+        if args.command == "estimate":  # reads the config only: the root may be a placeholder
+            cfg = load_config(args.config, overrides, check_root=False)
+        elif args.command == "validate":  # validation writes nothing: no probe file, no root folder
             from pw_ray.config import check_storage_root
 
             cfg = load_config(args.config, overrides, check_root=False)
@@ -100,10 +156,28 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.tasks and args.command == "validate":
             log.info("config: task-region subset sizes are known only after ingest; `pw-ray evaluate` lists the "
                      "cells it skips (subsets under evaluation.min_subset=%d chips)", cfg.evaluation.min_subset)
+    if args.command == "estimate":
+        return _estimate(args, cfg)
     if args.command == "validate":
         from pw_ray.config import dump_config
 
         print(dump_config(cfg))
+        if args.cluster:
+            from pw_ray.cluster import ClusterError
+
+            try:
+                fit = _cluster_report(cfg, args.cluster)
+            except ClusterError as err:
+                print(f"pw-ray validate failed: {err}", file=sys.stderr, flush=True)
+                return 2
+            for line in fit.lines():
+                print(line)
+            for s in fit.shortfalls:
+                log.warning("cluster: %s", s)
+            if fit.problems:
+                print(f"pw-ray validate failed: {len(fit.problems)} resource request(s) of {args.config} fit no "
+                      f"node type of {args.cluster}: {fit.problems[0]}", file=sys.stderr, flush=True)
+                return 2
         return 0
     from pw_ray import experiment as E
     from pw_ray.runtime import ensure_ray, failure_reason, shutdown_ray

@@ -209,9 +209,15 @@ class ChipSpec(_Strict):
         0.05, ge=0, le=1, description="largest share of a set's chips that may fail (errors, not cloud or no-data "
                                       "skips) before the ingest exits non-zero and is not marked done")
     ingest_parallelism: int | None = Field(
-        None, gt=0, description="ingest tasks in flight at once; unset: max(cluster CPUs now, work units "
-                                "capped at 64), so a cluster that starts with no worker CPUs still sees "
-                                "enough pending tasks for the autoscaler to add CPU workers")
+        None, gt=0, description="ingest tasks in flight at once; unset: one per work unit (chunk, index part) up "
+                                "to the CPUs the cluster can grow to (chips.ingest_max_cpus, else the cluster "
+                                "YAML: $PW_RAY_CLUSTER_YAML or ~/ray_bootstrap_config.yaml), never below the "
+                                "CPUs it has now, so an autoscaler sees the demand it must grow to")
+    ingest_max_cpus: int | None = Field(
+        None, gt=0, description="CPUs the cluster can grow to for ingest (caps the default task pool); unset: "
+                                "read from the cluster YAML ($PW_RAY_CLUSTER_YAML, or the "
+                                "~/ray_bootstrap_config.yaml `ray up` leaves on the head), else one task per "
+                                "work unit")
 
     @field_validator("bands")
     @classmethod
@@ -239,6 +245,18 @@ class ModelSpec(_Strict):
     normalization: Literal["fmow", "set"] = Field(
         "fmow", description="per-band clip/scale statistics: SatMAE's fMoW-Sentinel ones, or recomputed "
                             "from the pretraining set's shards (saved in the export's config.json)")
+    loss_pairing: Literal["official", "per_group"] = Field(
+        "official", description="official: SatMAE's loss, which compares the group-ordered predictions with "
+                                "the channel-ordered target (what the paper trained; with the default groups "
+                                "some predictions are scored against another band); per_group: each group "
+                                "scored against its own bands (the corrected variant). docs/pretrain.md")
+    spatial_mask: bool = Field(
+        False, description="mask the same spatial positions in every band group (SatMAE's --spatial_mask); "
+                           "false: independent masking over all group tokens, SatMAE's default and the paper's")
+    input_quantization: Literal["uint8", "none"] = Field(
+        "uint8", description="uint8: after clip/scale, keep SatMAE's 256 levels (floor(255·x)/255, as its "
+                             "SentinelNormalize + ToTensor); none: the unquantised float. Applies to "
+                             "pretraining and to every embedding of the exported encoder")
 
     @field_validator("groups")
     @classmethod
@@ -261,7 +279,15 @@ class TrainSpec(_Strict):
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per worker, e.g. {accelerator_type:H100: 0.001}")
     compile: bool = Field(False, description="torch.compile the model in each worker")
-    shuffle_buffer: int = Field(256, ge=0, description="chips per worker in the local shuffle buffer (0: off)")
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="autocast on GPU workers: bf16; fp16 with a gradient scaler (SatMAE's "
+                            "torch.cuda.amp.autocast + NativeScaler); fp32. CPU workers always train in fp32")
+    shuffle_buffer: int = Field(256, ge=0, description="chips per worker in a local shuffle window: consecutive "
+                                                       "row groups of at least this many chips leave in a seeded "
+                                                       "random order (0: reading order; files are shuffled anyway)")
+    loader_threads: int = Field(2, gt=0, description="threads per worker reading and decompressing shard row "
+                                                     "groups ahead of the step")
+    prefetch_batches: int = Field(2, gt=0, description="batches per worker ready ahead of the step")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
@@ -276,28 +302,89 @@ class TaskSpec(_Strict):
     max_chips: int | None = Field(None, gt=0, description="fmow, geobench: seeded sample of at most this many "
                                                           "images, stratified by split and label; all when unset")
     seed: int = 0
-    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split: Literal["spatial", "random", "dataset"] = Field(
+        None, validate_default=False,
+        description="how chips are assigned to train/val/test, decided at plan time per point: 'spatial' "
+                    "(blocks of plan.block_m assigned whole, so neighbouring chips stay in one split; the "
+                    "default for synthetic and points tasks), 'random' (seeded per region, stratified by label "
+                    "where labels are known at plan time), 'dataset' (fmow, geobench: the dataset's own split, "
+                    "their default and only choice). A list of three fractions (the old form) means "
+                    "'random' with those split_fractions")
+    split_fractions: tuple[float, float, float] = Field(
+        (0.6, 0.2, 0.2), description="train, val, test shares (normalised); spatial: the probability of a "
+                                     "block being each; fmow without test_gt.csv: val/test ratio of its val set")
     task_type: Literal["classification", "regression"] | None = Field(
         None, description="what the labels are; unset: regression for synthetic-population, classification "
                           "otherwise (a points file with numeric targets needs task_type: regression)")
 
     @model_validator(mode="before")
     @classmethod
-    def _task_type(cls, data):
-        if isinstance(data, dict) and data.get("task_type") is None:
-            data = {**data, "task_type": "regression" if data.get("kind") == "synthetic-population"
-                    else "classification"}
+    def _split_forms(cls, data):
+        """``split: [0.6, 0.2, 0.2]`` (before 2026-12) → random with those fractions; unset split and
+        task_type → by kind."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        imported = data.get("kind") in ("fmow", "geobench")
+        split = data.get("split")
+        if isinstance(split, (list, tuple)):
+            if "split_fractions" in data:
+                raise ValueError("split is a list of fractions and split_fractions is set too: give the "
+                                 "fractions once, as split_fractions, and split: spatial|random")
+            data["split_fractions"] = tuple(split)
+            data["split"] = "dataset" if imported else "random"
+        elif split is None:
+            data["split"] = "dataset" if imported else "spatial"
+        if data.get("task_type") is None:
+            data["task_type"] = "regression" if data.get("kind") == "synthetic-population" else "classification"
         return data
 
     @model_validator(mode="after")
     def _path(self):
         if self.kind in ("points", "fmow", "geobench") and not self.path:
             raise ValueError(f"tasks kind {self.kind!r} needs a path (labelled points file or dataset folder)")
+        imported = self.kind in ("fmow", "geobench")
+        if imported and self.split != "dataset":
+            raise ValueError(f"split: kind {self.kind!r} keeps the dataset's own split; remove split "
+                             "(split_fractions still sets fMoW's val/test ratio)")
+        if not imported and self.split == "dataset":
+            raise ValueError(f"split: 'dataset' is for fmow and geobench; kind {self.kind!r} takes spatial or random")
+        if any(f < 0 for f in self.split_fractions) or sum(self.split_fractions) <= 0:
+            raise ValueError(f"split_fractions must be three shares ≥ 0 (train, val, test) with a positive sum, "
+                             f"got {list(self.split_fractions)}")
         fixed = {"synthetic-population": "regression", "synthetic-landcover": "classification",
                  "fmow": "classification", "geobench": "classification"}.get(self.kind)
         if fixed and self.task_type != fixed:
             raise ValueError(f"tasks kind {self.kind!r} is a {fixed} task; task_type {self.task_type!r} does not apply")
         return self
+
+
+class PlanSpec(_Strict):
+    """Where pretraining points may not go, and the block grid of spatial splits."""
+
+    exclusion_m: float | None = Field(
+        None, ge=0, description="every pretraining point is planned at least this far (great circle, metres) "
+                                "from every task point of the held-out splits (exclude_splits); candidates "
+                                "closer are replaced so sets keep their size and region weights. Unset: the "
+                                "chip diagonal plus two pixels (chips.size_px × chips.resolution_m × √2 + "
+                                "2 × chips.resolution_m), so no pretraining chip overlaps a held-out chip; "
+                                "0: off (the report says so on its first page)")
+    exclude_splits: list[Literal["test", "val"]] = Field(
+        default_factory=lambda: ["test"], description="task splits kept apart from pretraining: test, "
+                                                      "optionally val")
+    block_m: float | None = Field(
+        None, gt=0, description="side of the blocks of spatial task splits, metres; unset: 10 chip sides "
+                                "(10 × chips.size_px × chips.resolution_m). Blocks are shared by all tasks")
+    split_seed: int = Field(0, ge=0, description="seed of the block → split draw of spatial splits "
+                                                 "(shared by all tasks: with equal split_fractions, a test "
+                                                 "block is a test block for every task)")
+
+    @field_validator("exclude_splits")
+    @classmethod
+    def _splits(cls, v):
+        if "test" not in v:
+            raise ValueError(f"must include 'test' (the split a leak would inflate), got {v}")
+        return sorted(set(v), key=("test", "val").index)
 
 
 class EvalSpec(_Strict):
@@ -311,6 +398,11 @@ class EvalSpec(_Strict):
     min_subset: int = Field(20, gt=0, description="smallest task-region subset evaluated")
     include_zero: bool = True
     finetune_epochs: int = Field(2, gt=0)
+    pooling: Literal["mean_then_norm", "norm_then_mean"] = Field(
+        "mean_then_norm", description="patch tokens → one vector: mean_then_norm is SatMAE's fine-tuning head "
+                                      "(global_pool: mean of the last block's tokens, then a fresh LayerNorm "
+                                      "fc_norm); norm_then_mean applies the encoder's pretrained final norm to "
+                                      "each token, then averages")
     layer_decay: float | None = Field(
         None, gt=0, le=1, description="fine-tuning's layer-wise lr decay (MAE/SatMAE: 0.75): transformer "
                                       "block i of L trains at lr·decay^(L−i), the patch embedding at "
@@ -347,6 +439,34 @@ class AnalysisSpec(_Strict):
                           "per-task scores; shown beside the measured sets (README: External sets)")
 
 
+class EstimateSpec(_Strict):
+    """Prices and rates for ``pw-ray estimate``; unset rates use measured or labelled defaults."""
+
+    price_cpu_hour: float | None = Field(None, ge=0, description="price of one vCPU-hour on CPU-only nodes "
+                                                                 "(ingest, analyze, CPU trials); unset: no cost")
+    price_gpu_hour: float | None = Field(None, ge=0, description="price of one GPU-hour on GPU nodes, their CPUs "
+                                                                 "and memory included; unset: no cost")
+    price_storage_gb_month: float | None = Field(None, ge=0, description="object-store price per GB (10⁹ bytes) "
+                                                                         "and month; unset: no storage cost")
+    storage_months: float = Field(1.0, gt=0, description="months the outputs are kept, for the storage cost")
+    gpu_peak_tflops: float | None = Field(None, gt=0, description="dense bf16/fp16 peak of one GPU of the cluster, "
+                                                                  "TFLOP/s (its data sheet); GPU-hours need it "
+                                                                  "unless a bench/gpu_step.py calibration is given")
+    mfu: float | None = Field(None, gt=0, le=1, description="model FLOPs utilisation of training and "
+                                                            "evaluation on GPU; unset: a calibration's, else the "
+                                                            "documented or assumed default that estimate prints")
+    ingest_chips_per_cpu_s: float | None = Field(None, gt=0, description="chips one CPU ingests per second; "
+                                                                         "unset: a calibration's, else the "
+                                                                         "documented bench/ingest.py figure")
+    analyze_chips_per_cpu_s: float | None = Field(None, gt=0, description="chips one CPU measures per second "
+                                                                          "in analyze; unset: a calibration's, "
+                                                                          "else the documented bench figure")
+    search_cell_km: float | None = Field(None, gt=0, description="side of the cells the per-tile scene search "
+                                                                 "groups points by, km; unset: a Sentinel-2 tile")
+    stac_page_size: int | None = Field(None, gt=0, description="items per page of a STAC search; unset: the "
+                                                               "assumption estimate prints")
+
+
 class ExperimentConfig(_Strict):
     name: str = "pretrain-where"
     root: str = Field(description="storage root URI: local path, s3://, gs://")
@@ -356,8 +476,11 @@ class ExperimentConfig(_Strict):
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
     tasks: list[TaskSpec] = Field(default_factory=list)
+    plan: PlanSpec = PlanSpec()
     evaluation: EvalSpec = EvalSpec()
     analysis: AnalysisSpec = AnalysisSpec()
+    estimate: EstimateSpec = Field(EstimateSpec(), description="prices and rates for `pw-ray estimate` only; "
+                                                              "no stage reads them")
 
     @model_validator(mode="after")
     def _cross(self):
@@ -370,6 +493,14 @@ class ExperimentConfig(_Strict):
         missing = [b for b in grouped if b not in self.chips.bands]
         if missing:
             raise ValueError(f"model.groups use bands not in chips.bands: {missing}")
+        if self.model.loss_pairing == "official" and sorted(grouped) != sorted(self.chips.bands):
+            left_out = [b for b in self.chips.bands if b not in grouped]
+            repeated = sorted({b for b in grouped if grouped.count(b) > 1})
+            raise ValueError(f"model.loss_pairing 'official' needs model.groups to hold every band of chips.bands "
+                             f"exactly once (SatMAE scores its predictions against every channel); "
+                             + "; ".join(f"{what}: {bands}" for what, bands in
+                                         (("left out", left_out), ("repeated", repeated)) if bands)
+                             + "; set model.loss_pairing: per_group, or group every band once")
         if self.chips.size_px % self.model.patch_size:
             raise ValueError(
                 f"chips.size_px ({self.chips.size_px}) must be a multiple of model.patch_size ({self.model.patch_size})"
@@ -378,6 +509,26 @@ class ExperimentConfig(_Strict):
         if len(set(tnames)) != len(tnames):
             raise ValueError(f"task names must be unique, got {tnames}")
         return self
+
+    @property
+    def chip_overlap_m(self) -> float:
+        """Chip diagonal plus two pixels, metres: chips whose centres are farther apart cannot
+        overlap, whatever their grids' orientation and pixel snapping."""
+        return self.chips.size_px * self.chips.resolution_m * 2 ** 0.5 + 2 * self.chips.resolution_m
+
+    @property
+    def exclusion_m(self) -> float:
+        """Metres kept between pretraining points and held-out task points (0: off); see ``PlanSpec``."""
+        if self.plan.exclusion_m is not None:
+            return float(self.plan.exclusion_m)
+        return self.chip_overlap_m
+
+    @property
+    def block_m(self) -> float:
+        """Side of the spatial-split blocks in metres; see ``PlanSpec.block_m``."""
+        if self.plan.block_m is not None:
+            return float(self.plan.block_m)
+        return 10.0 * self.chips.size_px * self.chips.resolution_m
 
     def pretrain_set(self, name: str) -> PretrainSet:
         for s in self.pretrain_sets:

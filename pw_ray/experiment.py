@@ -30,7 +30,9 @@ STAGES = ("plan", "ingest", "pretrain", "evaluate", "analyze", "report")
 
 # ----------------------------------------------------------------------------- bookkeeping
 def _digest(cfg: ExperimentConfig) -> str:
-    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+    # `estimate` (prices, rates) shapes no stage's work: editing it must not re-enter done stages.
+    return hashlib.sha256(dump_config(cfg.model_copy(update={"estimate": type(cfg.estimate)()})).encode()
+                          ).hexdigest()[:16]
 
 
 def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
@@ -150,10 +152,12 @@ def _point_sets(cfg: ExperimentConfig):
 PLAN_VERSION = 1
 
 
-def points_record(cfg: ExperimentConfig, kind: str, spec) -> dict:
+def points_record(cfg: ExperimentConfig, kind: str, spec, exclusion: dict | None = None) -> dict:
     """The lineage record of one set's points: the set's (or task's) spec and seed, the spacing,
     the layers that label points, where scenes exist (the synthetic archive's coverage), and for
-    labelled-point files and imported benchmarks the bytes of their index files."""
+    labelled-point files and imported benchmarks the bytes of their index files. ``exclusion``
+    (pretraining sets): the distance and the held-out task points they were kept away from
+    (:func:`pw_ray.leakage.exclusion_inputs`)."""
     inputs = {"version": PLAN_VERSION, "pretrain_set" if kind == "pretrain" else "task": spec,
               "min_spacing_m": cfg.chips.min_spacing_m,
               "biome_path": cfg.stac.biome_path, "landcover": cfg.stac.landcover}
@@ -166,6 +170,8 @@ def points_record(cfg: ExperimentConfig, kind: str, spec) -> dict:
         from pw_ray.evaluate.builders import dataset_fingerprint
 
         inputs["files"] = dataset_fingerprint(spec)
+    if exclusion is not None:
+        inputs["exclusion"] = exclusion
     return lineage.record(inputs)
 
 
@@ -173,49 +179,107 @@ def points_uri(cfg: ExperimentConfig, name: str) -> str:
     return storage.join(cfg.root, "points", f"{name}.parquet")
 
 
-def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
-    """Points of every pretraining set and task; a set's stored points are reused only when
-    their lineage matches (a changed size, seed, region, spacing or source plans them again)."""
+def _task_points(cfg: ExperimentConfig, spec, src: Source) -> pd.DataFrame:
+    """A task's points (imported benchmarks: with the dataset's own ``split``)."""
     from pw_ray.config import PretrainSet
     from pw_ray.evaluate.tasks import points_from_csv
     from pw_ray.plan import label_points, plan_set
 
+    lc = src.landcover  # callable: (lons, lats) → class names, sampled pixel by pixel
+    if spec.kind in ("synthetic-landcover", "synthetic-population"):
+        # A task's points: an equal mix of the six continents, its own seed.
+        pset = PretrainSet(name=spec.name, region="global", size=spec.size, seed=spec.seed + 10_000)
+        return plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
+    if spec.kind == "points":
+        return label_points(points_from_csv(spec.path, spec.name, spec.seed, task_type=spec.task_type,
+                                            max_off_fraction=cfg.chips.max_failed_fraction),
+                            src.biome_path, lc)
+    if spec.kind in ("fmow", "geobench"):
+        # Imported benchmarks: their own index, split and images; no STAC search.
+        from pw_ray.evaluate.builders import plan_imported
+
+        return plan_imported(spec)
+    raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {spec.name})")
+
+
+def _task_splits(cfg: ExperimentConfig, spec, pts: pd.DataFrame) -> pd.DataFrame:
+    """``point_id, split, block`` of a task's points, decided at plan time (:mod:`pw_ray.splits`)."""
+    from pw_ray.splits import SPLIT_COLUMNS, assign_splits, block_of
+
+    if spec.split == "dataset":  # imported benchmarks keep theirs
+        return pts.assign(block=block_of(pts["lon"], pts["lat"], cfg.block_m))[SPLIT_COLUMNS]
+    # Labels known now (points tasks) stratify a random split; synthetic labels come from pixels.
+    labels = pts["label"].astype(str).to_numpy() if (
+        spec.split == "random" and "label" in pts.columns and spec.task_type == "classification") else None
+    return assign_splits(pts, spec.split, spec.split_fractions, block_m=cfg.block_m, split_seed=cfg.plan.split_seed,
+                         seed=spec.seed, labels=labels)[SPLIT_COLUMNS]
+
+
+def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) -> None:
+    """Task points first, each with its split (``splits/<task>.parquet``), then every pretraining
+    set's points kept ``plan.exclusion_m`` from the held-out task points. A stored output is
+    reused only when its lineage matches (a changed size, seed, region, spacing, source, split
+    setting or held-out point plans it again)."""
+    from pw_ray import leakage
+    from pw_ray import splits as SP
+    from pw_ray.plan import plan_set_away
+
     if _skip(cfg, "plan", force):
         return
     t0 = time.perf_counter()
-    todo = []
-    for name, kind, spec in _point_sets(cfg):
-        rec = points_record(cfg, kind, spec)
-        why = lineage.why_redo(lineage.of_parquet(points_uri(cfg, name)), rec, force)
+    sources = [src]
+
+    def get_source() -> Source:  # built only when something is planned
+        sources[0] = sources[0] or source(cfg)
+        return sources[0]
+
+    task_points = {}
+    for spec in cfg.tasks:
+        name, uri = spec.name, points_uri(cfg, spec.name)
+        rec = points_record(cfg, "task", spec)
+        why = lineage.why_redo(lineage.of_parquet(uri), rec, force)
         if why is None:
+            pts = storage.read_table(uri).to_pandas()
             _say(f"plan {name}: points reused (inputs unchanged)")
         else:
-            todo.append((name, kind, spec, rec, why))
-    if todo:
-        src = src or source(cfg)
-    lc = src.landcover if todo else None  # callable: (lons, lats) → class names, sampled pixel by pixel
-    for name, kind, spec, rec, why in todo:
-        if kind == "pretrain":
-            pts = plan_set(spec, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
-        elif spec.kind in ("synthetic-landcover", "synthetic-population"):
-            # A task's points: an equal mix of the six continents, its own seed.
-            pset = PretrainSet(name=name, region="global", size=spec.size, seed=spec.seed + 10_000)
-            pts = plan_set(pset, src.coverage, cfg.chips.min_spacing_m, biome_path=src.biome_path, landcover=lc)
-        elif spec.kind == "points":
-            pts = label_points(points_from_csv(spec.path, name, spec.seed, task_type=spec.task_type,
-                                               max_off_fraction=cfg.chips.max_failed_fraction),
-                               src.biome_path, lc)
-        elif spec.kind in ("fmow", "geobench"):
-            # Imported benchmarks: their own index, split and images; no STAC search.
-            from pw_ray.evaluate.builders import plan_imported
-
-            pts = plan_imported(spec)
+            pts = _task_points(cfg, spec, get_source())
+            storage.write_table(lineage.attach(pa.Table.from_pandas(pts, preserve_index=False), rec), uri)
+            _say(f"plan {name}: {why} → {len(pts)} points planned")
+        srec = lineage.record({"points": rec["digest"], "split": SP.split_inputs(cfg, spec)})
+        why = lineage.why_redo(lineage.of_parquet(SP.splits_uri(cfg.root, name)), srec, force)
+        if why is None:
+            splits = SP.read_splits(cfg.root, name)
         else:
-            raise NotImplementedError(f"task kind {spec.kind!r} has no builder yet (task {name})")
-        uri = points_uri(cfg, name)
-        storage.write_table(lineage.attach(pa.Table.from_pandas(pts, preserve_index=False), rec), uri)
-        _say(f"plan {name}: {why} → {len(pts)} points planned")
-        log.info("plan %s: %d points → %s", name, len(pts), uri)
+            splits = _task_splits(cfg, spec, pts)
+            SP.write_splits(cfg.root, name, splits, srec)
+            _say(f"plan {name}: {why} → splits " + ", ".join(f"{k} {v}" for k, v in splits["split"].value_counts().items()))
+        task_points[name] = pts.drop(columns=["split"], errors="ignore").merge(splits, on="point_id", validate="1:1")
+
+    exclusion = cfg.exclusion_m
+    held = leakage.held_out_points(task_points, cfg.plan.exclude_splits)
+    away = leakage.exclusion_inputs(exclusion, cfg.plan.exclude_splits, held)
+    if exclusion <= 0:
+        log.warning("plan: exclusion is off (plan.exclusion_m = 0): pretraining points may lie on downstream "
+                    "%s chips", "/".join(cfg.plan.exclude_splits))
+    record = leakage.read_record(cfg.root)
+    for s in cfg.pretrain_sets:
+        uri = points_uri(cfg, s.name)
+        rec = points_record(cfg, "pretrain", s, exclusion=away)
+        why = lineage.why_redo(lineage.of_parquet(uri), rec, force)
+        if why is None:
+            _say(f"plan {s.name}: points reused (inputs unchanged)")
+            continue
+        src_ = get_source()
+        planned = plan_set_away(s, src_.coverage, cfg.chips.min_spacing_m, biome_path=src_.biome_path,
+                                landcover=src_.landcover, held_out=held, exclusion_m=exclusion)
+        storage.write_table(lineage.attach(pa.Table.from_pandas(planned.points, preserve_index=False), rec), uri)
+        record["sets"][s.name] = {**away, "replaced": int(sum(planned.replaced.values())),
+                                  "replaced_by_region": planned.replaced}
+        leakage.write_record(cfg.root, record)
+        done = (f"{record['sets'][s.name]['replaced']} candidates within {exclusion:.0f} m of {len(held)} held-out "
+                f"task points replaced" if exclusion > 0 else "exclusion off")
+        _say(f"plan {s.name}: {why} → {len(planned.points)} points planned, {done}")
+        log.info("plan %s: %d points → %s", s.name, len(planned.points), uri)
     _mark(cfg, "plan", t0)
 
 
@@ -227,13 +291,16 @@ def _say(line: str) -> None:
 
 def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None, retry_failed: bool = False) -> None:
     """Index, shards and manifest of every set (each reusing what its lineage allows), then task
-    tables. Exits non-zero, naming the sets and their commonest reasons, when a set failed more
-    than ``chips.max_failed_fraction`` of its chips or produced none; the stage is then not
-    marked done and the next run retries."""
+    tables (with the splits plan decided) and the pretraining sets' dataset cards. Exits non-zero,
+    naming the sets and their commonest reasons, when a set failed more than
+    ``chips.max_failed_fraction`` of its chips or produced none; the stage is then not marked
+    done and the next run retries."""
+    from pw_ray.cards import write_dataset_card
     from pw_ray.evaluate import tasks as T
     from pw_ray.ingest import shards as S
     from pw_ray.ingest.failures import FailureBudgetExceeded
     from pw_ray.ingest.pipeline import run_ingest
+    from pw_ray.splits import read_splits
 
     if not retry_failed and _skip(cfg, "ingest", force):
         return
@@ -246,7 +313,9 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
             # Imported benchmarks: chips straight from their images, their own split kept.
             from pw_ray.evaluate.builders import ingest_imported
 
-            s = ingest_imported(cfg.root, spec, pts, cfg.chips, force=force, retry_failed=retry_failed)
+            s = ingest_imported(cfg.root, spec, pts.merge(read_splits(cfg.root, name)[["point_id", "block"]],
+                                                          on="point_id", how="left", validate="1:1"),
+                                cfg.chips, force=force, retry_failed=retry_failed)
         else:
             s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover,
                            force=force, retry_failed=retry_failed)
@@ -257,11 +326,13 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
         if err := s.budget_error(cfg.chips.max_failed_fraction):
             over_budget.append(err)
             continue
+        if kind == "pretrain":
+            write_dataset_card(cfg, name, config_digest=_digest(cfg))  # diversity: filled in by analyze
         if kind == "task" and spec.kind not in ("fmow", "geobench"):
             meta = S.read_set(cfg.root, name, columns=list(S.META_COLUMNS)).to_pandas()
             if spec.kind == "points":  # the user's labels, by point (every season's chip gets its point's)
                 meta = meta.merge(pts[["point_id", "label"]], on="point_id", how="left", validate="many_to_one")
-            T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names))
+            T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names, splits=read_splits(cfg.root, name)))
     if over_budget:
         raise FailureBudgetExceeded("ingest over its failure budget (the stage is not marked done; rerun "
                                     "to retry transient failures, --retry-failed for permanent ones):\n  "
@@ -270,6 +341,7 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
 
 
 def pretrain(cfg: ExperimentConfig, force: bool = False) -> None:
+    from pw_ray.cards import write_model_card
     from pw_ray.pretrain.trainer import export_zero, pretrain_set
 
     if _skip(cfg, "pretrain", force):
@@ -282,8 +354,10 @@ def pretrain(cfg: ExperimentConfig, force: bool = False) -> None:
         resumed = f", resumed at step {r['start_step']}" if r.get("start_step") else ""
         loss = f", final loss {r['final_loss']:.4f}" if r.get("final_loss") is not None else ""
         print(f"pretrain {s.name}: {r.get('steps')} steps{resumed}{loss}", flush=True)
+        write_model_card(cfg, s.name, config_digest=_digest(cfg))
     if cfg.evaluation.include_zero:
         out["zero"] = export_zero(cfg)
+        write_model_card(cfg, "zero", config_digest=_digest(cfg))
     _mark(cfg, "pretrain", t0, runs=out)
 
 
@@ -302,7 +376,7 @@ def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:
              if cfg.evaluation.cache_embeddings and any(m in ("knn", "linear") for m in cfg.evaluation.methods)]
     gpu = cfg.evaluation.gpus_per_probe
     embed = ray.remote(num_cpus=1, num_gpus=gpu)(compute_embeddings)
-    refs = [embed.remote(cfg.root, s, t) for s, t in needs]
+    refs = [embed.remote(cfg.root, s, t, pooling=cfg.evaluation.pooling) for s, t in needs]
     log.info("evaluate: embeddings for %d (encoder, task) pairs (cached ones are reused)", len(refs))
     ray.get(refs)
     run_grid(cfg, cells)
@@ -335,6 +409,7 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
                              codebook_pixels=a.codebook_pixels, seed=a.seed)
     storage.write_table(pa.Table.from_pandas(div, preserve_index=False),
                         storage.join(cfg.root, "results", "diversity.parquet"))
+    _audit_and_cards(cfg, div)
     for r in div.itertuples(index=False):
         print(f"analyze: {r.pretrain_set}: {r.n_chips} chips, entropy (nats) continent {r.continent_entropy:.3f} "
               f"biome {r.biome_entropy:.3f} land cover {r.landcover_entropy:.3f} spectral hist "
@@ -372,7 +447,19 @@ def analyze(cfg: ExperimentConfig, force: bool = False) -> None:
     _mark(cfg, "analyze", t0, scored=len(ok))
 
 
+def _audit_and_cards(cfg: ExperimentConfig, diversity: pd.DataFrame) -> None:
+    """Leakage audit (``results/leakage.parquet``) and dataset cards with their diversity measures."""
+    from pw_ray.cards import write_dataset_card
+    from pw_ray.leakage import write_audit
+
+    write_audit(cfg)
+    by_set = diversity.set_index("pretrain_set").to_dict("index")
+    for s in cfg.pretrain_sets:
+        write_dataset_card(cfg, s.name, config_digest=_digest(cfg), diversity=by_set.get(s.name))
+
+
 def report(cfg: ExperimentConfig, force: bool = False) -> str:
+    from pw_ray import leakage
     from pw_ray.analyze.report import write_report
     from pw_ray.ingest import shards as S
 
@@ -406,6 +493,7 @@ def report(cfg: ExperimentConfig, force: bool = False) -> str:
         write_report, external=external, results=res_if_any("results.parquet"), diversity=res("diversity.parquet"),
         correlations=res_if_any("correlations.parquet"), points=points, chips_by_set=chips_by_set,
         manifest_counts=pd.DataFrame(counts).set_index("pretrain_set"),
+        leakage=leakage.read_audit(cfg.root), exclusion_m=cfg.exclusion_m,
         continents_path=str(pkg_files("pw_ray") / "data" / "continents.geojson"),
         title=f"Pretrain where? — {cfg.name}",
     )

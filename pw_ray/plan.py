@@ -12,6 +12,10 @@ stream, so the same arguments give the same frame, a larger ``n`` extends a smal
 points per continent, and adding a continent to a mix does not move the others' points
 (with ``min_spacing_m`` > 0 this holds except where points of two continents would fall
 within the spacing of each other near a shared border).
+
+Exclusion (:func:`sample_away`): candidates within a distance of held-out places (downstream
+test points, :mod:`pw_ray.leakage`) are skipped and the stream goes on, so counts per continent
+stay as the weights say and the points not near a held-out place are the same as without it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -147,7 +152,9 @@ def _candidates(polygons: list[BaseGeometry], rng: np.random.Generator) -> Itera
         yield lon[inside], lat[inside]
 
 
-def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+def unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """(N, 3) points on the unit sphere for lon/lat degrees (N,): chord distance between them is
+    monotone in great-circle distance, so a k-d tree on them answers great-circle queries."""
     lon, lat = np.radians(lon), np.radians(lat)
     return np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
 
@@ -158,28 +165,60 @@ def _chord_for(distance_m: float) -> float:
     return 2.0 * math.sin(angle / 2.0)
 
 
+class _KeepOut:
+    """Places candidates must stay away from: a k-d tree of unit vectors and a chord radius."""
+
+    def __init__(self, lon: np.ndarray, lat: np.ndarray, distance_m: float):
+        self.tree = cKDTree(unit_vectors(np.asarray(lon, np.float64), np.asarray(lat, np.float64)))
+        self.distance_m = float(distance_m)
+        # The margin keeps float error from letting a candidate land a hair inside the distance.
+        self.radius = _chord_for(distance_m) * (1 + 1e-9)
+
+    def near(self, xyz: np.ndarray) -> np.ndarray:
+        """(N,) bool: which of the (N, 3) unit vectors lie within the distance of a kept-out point."""
+        if not len(xyz):
+            return np.zeros(0, dtype=bool)
+        dist, _ = self.tree.query(xyz, k=1, distance_upper_bound=self.radius)
+        return np.isfinite(dist)
+
+
 def _draw_region(region: str, n: int, polygons: list[BaseGeometry], rng: np.random.Generator,
-                 min_spacing_m: float, taken: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First ``n`` acceptable candidates of the region's stream, as (lon, lat) degrees.
+                 min_spacing_m: float, taken: np.ndarray,
+                 keep_out: _KeepOut | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """First ``n`` acceptable candidates of the region's stream, as (lon, lat) degrees, and the
+    number of candidates ``keep_out`` replaced.
 
     ``taken``: (M, 3) unit vectors of points already accepted (other continents), which
-    new points must also keep ``min_spacing_m`` from.
+    new points must also keep ``min_spacing_m`` from. ``keep_out``: places no point may lie
+    near (held-out task points); a candidate near one is dropped and counted as replaced when
+    it came before the last point taken (the set would otherwise have held it).
     """
     budget = _CANDIDATES_PER_POINT * n + _MIN_CANDIDATES
     # The margin keeps float error from letting a pair land a hair under the spacing.
     radius = _chord_for(min_spacing_m) * (1 + 1e-9)
     lons, lats, xyz = [], [], [taken]
-    got = tried = 0
+    got = tried = replaced = 0
     stream = _candidates(polygons, rng)
     for _ in range(_MAX_ROUNDS):
         lon, lat = next(stream)
         tried += lon.size
-        if min_spacing_m > 0 and lon.size:
-            lon, lat, new_xyz = _spaced(lon, lat, np.concatenate(xyz), radius)
-            xyz.append(new_xyz)
-        take = min(n - got, lon.size)
-        lons.append(lon[:take])
-        lats.append(lat[:take])
+        usable = np.ones(lon.size, dtype=bool)
+        batch_xyz = unit_vectors(lon, lat) if lon.size else np.empty((0, 3))
+        if keep_out is not None:
+            usable &= ~keep_out.near(batch_xyz)
+        if min_spacing_m > 0 and usable.any():
+            idx = np.flatnonzero(usable)
+            spaced = _spaced(batch_xyz[idx], np.concatenate(xyz), radius)
+            usable[idx[~spaced]] = False
+            xyz.append(batch_xyz[idx[spaced]])
+        accepted = np.flatnonzero(usable)
+        take = min(n - got, accepted.size)
+        # Candidates of this batch up to the last one taken (all of them while the set is short).
+        used = accepted[take - 1] + 1 if take == n - got and take > 0 else lon.size
+        if keep_out is not None:
+            replaced += int(keep_out.near(batch_xyz[:used]).sum())
+        lons.append(lon[accepted[:take]])
+        lats.append(lat[accepted[:take]])
         got += take
         if got >= n:
             break
@@ -187,17 +226,20 @@ def _draw_region(region: str, n: int, polygons: list[BaseGeometry], rng: np.rand
             break
     if got < n:
         spacing = f" at least {min_spacing_m:.0f} m apart" if min_spacing_m > 0 else ""
+        away = (f" and {keep_out.distance_m:.0f} m from {len(keep_out.tree.data)} held-out task points"
+                if keep_out is not None else "")
         raise ValueError(
-            f"region {region!r}: placed only {got} of {n} points{spacing} after {tried} "
-            f"candidates on its land; lower min_spacing_m or the number of points, or widen the coverage"
+            f"region {region!r}: placed only {got} of {n} points{spacing}{away} after {tried} "
+            f"candidates on its land; lower min_spacing_m, plan.exclusion_m or the number of points, "
+            f"or widen the coverage"
         )
-    return np.concatenate(lons), np.concatenate(lats)
+    return np.concatenate(lons), np.concatenate(lats), replaced
 
 
-def _spaced(lon: np.ndarray, lat: np.ndarray, taken: np.ndarray, radius: float):
-    """Greedy in stream order: keep a candidate unless it lies within ``radius`` (unit-sphere
-    chord) of a taken point or of an earlier kept candidate of this batch."""
-    xyz = _unit_vectors(lon, lat)
+def _spaced(xyz: np.ndarray, taken: np.ndarray, radius: float) -> np.ndarray:
+    """Greedy in stream order: keep a candidate (row of the (N, 3) unit vectors ``xyz``) unless it
+    lies within ``radius`` (unit-sphere chord) of a taken point or of an earlier kept candidate
+    of this batch. Returns the (N,) keep mask."""
     keep = np.ones(len(xyz), dtype=bool)
     if len(taken):
         keep &= cKDTree(taken).query_ball_point(xyz, radius, return_length=True) == 0
@@ -213,13 +255,30 @@ def _spaced(lon: np.ndarray, lat: np.ndarray, taken: np.ndarray, radius: float):
             if any(kept_local[i] for i in earlier_neighbours.get(j, ())):
                 kept_local[j] = False
         keep[idx[~kept_local]] = False
-    return lon[keep], lat[keep], xyz[keep]
+    return keep
+
+
+class Sampled(NamedTuple):
+    """Points of a set and how many of its candidates the exclusion replaced, per continent."""
+
+    points: pd.DataFrame
+    replaced: dict[str, int]
 
 
 def sample_points(weights: dict[str, float], n: int, seed: int,
                   coverage: dict[str, list[BaseGeometry]] | None = None,
-                  min_spacing_m: float = 0.0, set_name: str = "set") -> pd.DataFrame:
-    """Sample ``n`` land points spread over continents by ``weights``.
+                  min_spacing_m: float = 0.0, set_name: str = "set", *,
+                  held_out: pd.DataFrame | None = None, exclusion_m: float = 0.0) -> pd.DataFrame:
+    """Sample ``n`` land points spread over continents by ``weights`` (see :func:`sample_away`)."""
+    return sample_away(weights, n, seed, coverage, min_spacing_m, set_name,
+                       held_out=held_out, exclusion_m=exclusion_m).points
+
+
+def sample_away(weights: dict[str, float], n: int, seed: int,
+                coverage: dict[str, list[BaseGeometry]] | None = None,
+                min_spacing_m: float = 0.0, set_name: str = "set", *,
+                held_out: pd.DataFrame | None = None, exclusion_m: float = 0.0) -> Sampled:
+    """Sample ``n`` land points spread over continents by ``weights``, away from ``held_out``.
 
     weights: continent code (or ``global``) → weight ≥ 0; normalised here.
     n: total number of points; per-continent counts by largest-remainder rounding.
@@ -229,39 +288,51 @@ def sample_points(weights: dict[str, float], n: int, seed: int,
     min_spacing_m: minimum great-circle distance in metres between any two points of the set
         (also across continents); ``ValueError`` naming the continent if it cannot be met.
     set_name: prefix of ``point_id`` and value of the ``set`` column.
+    held_out: frame with ``lon``, ``lat`` (degrees) of places no point may come near (the
+        held-out task points); with ``exclusion_m`` > 0, every point lies more than
+        ``exclusion_m`` metres (great circle) from each of them. A candidate closer is skipped
+        and the continent's stream goes on, so counts per continent stay as ``weights`` say
+        and points not near a held-out place are the same as without it.
 
-    Returns a frame with columns ``point_id`` (``f"{set_name}-{i:06d}"``), ``set``, ``lon``,
-    ``lat`` (float64 degrees), ``region`` and ``seed``, continents in ``CONTINENTS`` order.
+    Returns the points — columns ``point_id`` (``f"{set_name}-{i:06d}"``), ``set``, ``lon``,
+    ``lat`` (float64 degrees), ``region`` and ``seed``, continents in ``CONTINENTS`` order — and
+    the number of candidates replaced per continent.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer ≥ 0 (it seeds numpy's SeedSequence), got {seed!r}")
     if not min_spacing_m >= 0:
         raise ValueError(f"min_spacing_m must be ≥ 0 metres, got {min_spacing_m}")
+    if not exclusion_m >= 0:
+        raise ValueError(f"exclusion_m must be ≥ 0 metres, got {exclusion_m}")
+    keep_out = None
+    if held_out is not None and len(held_out) and exclusion_m > 0:
+        keep_out = _KeepOut(held_out["lon"].to_numpy(), held_out["lat"].to_numpy(), exclusion_m)
     counts = continent_counts(weights, n)
     taken = np.empty((0, 3))
     lons, lats, regions = [], [], []
+    replaced: dict[str, int] = {}
     for region, count in counts.items():
         if count == 0:
             continue
         rng = np.random.default_rng([int(seed), CONTINENTS.index(region)])
-        lon, lat = _draw_region(region, count, _sampling_polygons(region, coverage), rng,
-                                min_spacing_m, taken)
+        lon, lat, replaced[region] = _draw_region(region, count, _sampling_polygons(region, coverage), rng,
+                                                  min_spacing_m, taken, keep_out)
         if min_spacing_m > 0:
-            taken = np.concatenate([taken, _unit_vectors(lon, lat)])
+            taken = np.concatenate([taken, unit_vectors(lon, lat)])
         lons.append(lon)
         lats.append(lat)
         regions.extend([region] * count)
         log.debug("set %s: %d points in %s", set_name, count, region)
     lon = np.concatenate(lons) if lons else np.empty(0)
     lat = np.concatenate(lats) if lats else np.empty(0)
-    return pd.DataFrame({
+    return Sampled(pd.DataFrame({
         "point_id": [f"{set_name}-{i:06d}" for i in range(len(lon))],
         "set": [set_name] * len(lon),
         "lon": wrap_lon(lon).astype(np.float64),
         "lat": lat.astype(np.float64),
         "region": regions,
         "seed": np.full(len(lon), int(seed), dtype=np.int64),
-    })
+    }), replaced)
 
 
 def _biomes(biome_path: str | None, lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
@@ -332,9 +403,21 @@ def plan_set(pset: PretrainSet, coverage: dict[str, list[BaseGeometry]] | None =
     ``pset.size`` points from ``pset.weights()`` with ``pset.seed``, labelled by
     ``label_points`` (``biome``/``landcover`` are ``"unknown"`` without sources).
     """
-    points = sample_points(pset.weights(), pset.size, pset.seed, coverage=coverage,
-                           min_spacing_m=min_spacing_m, set_name=pset.name)
-    points = label_points(points, biome_path, landcover)
-    log.info("planned set %s: %d points (%s)", pset.name, len(points),
-             ", ".join(f"{r}={c}" for r, c in points["region"].value_counts(sort=False).items()))
-    return points
+    return plan_set_away(pset, coverage, min_spacing_m, biome_path=biome_path, landcover=landcover).points
+
+
+def plan_set_away(pset: PretrainSet, coverage: dict[str, list[BaseGeometry]] | None = None,
+                  min_spacing_m: float = 0.0, *, biome_path: str | None = None,
+                  landcover: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                  held_out: pd.DataFrame | None = None, exclusion_m: float = 0.0) -> Sampled:
+    """:func:`plan_set` keeping every point more than ``exclusion_m`` metres from ``held_out``
+    (lon, lat degrees); returns the points and the candidates replaced per continent."""
+    sampled = sample_away(pset.weights(), pset.size, pset.seed, coverage=coverage,
+                          min_spacing_m=min_spacing_m, set_name=pset.name,
+                          held_out=held_out, exclusion_m=exclusion_m)
+    points = label_points(sampled.points, biome_path, landcover)
+    log.info("planned set %s: %d points (%s)%s", pset.name, len(points),
+             ", ".join(f"{r}={c}" for r, c in points["region"].value_counts(sort=False).items()),
+             f"; {sum(sampled.replaced.values())} candidates within {exclusion_m:.0f} m of held-out task "
+             f"points replaced" if held_out is not None and exclusion_m > 0 else "")
+    return Sampled(points, sampled.replaced)

@@ -30,6 +30,8 @@ TINY_CONFIG = {
     "evaluation": {"methods": ["knn", "linear"], "seeds": [0], "task_regions": ["global", "eu", "af"],
                    "min_subset": 10, "knn_k": 5},
     "analysis": {"bootstrap": 50},
+    # 500 m blocks: each 1.9 km scene holds blocks of every split (the default, 10 chip sides, is a scene)
+    "plan": {"block_m": 500},
 }
 
 

@@ -10,7 +10,8 @@ tasks, then Tune trials asking for ``{"cpu": 1, "gpu": 1}``): the autoscaler mus
 ``gpu_worker`` nodes for it, the grid must finish on them, and the idle nodes must be removed
 after the idle timeout. Every process the head started is killed by PID afterwards.
 
-The pure sizing rule for ingest on a cluster that starts with no worker CPUs is tested here too.
+The pure sizing rule for ingest (no fixed ceiling: the work, up to the CPUs the cluster YAML lets the
+autoscaler grow to) is tested here too.
 """
 
 from __future__ import annotations
@@ -25,35 +26,65 @@ IDLE_TIMEOUT_MIN = 0.2  # 12 s
 
 
 # --------------------------------------------------------------------------- ingest sizing
-@pytest.mark.parametrize("n_units, cpus, override, expected", [
-    (2, 2, None, 2),        # a laptop: as before, one task per CPU
-    (10, 0, None, 10),      # a head with no CPUs: every chunk may be pending → the autoscaler sees them
-    (5000, 0, None, 64),    # ... capped
-    (5000, 1, None, 64),
-    (3, 128, None, 128),    # a big cluster already up: use it
-    (0, 0, None, 1),        # never zero
-    (5000, 0, 8, 8),        # chips.ingest_parallelism wins
-    (2, 64, 200, 200),
+@pytest.mark.parametrize("n_units, cpus, override, max_cpus, expected", [
+    (2, 2, None, None, 2),          # a laptop: one task per unit
+    (10, 0, None, None, 10),        # a head with no CPUs: every chunk may be pending → the autoscaler sees them
+    (5000, 0, None, None, 5000),    # ... how far it may grow unknown: no fixed ceiling (it was 64)
+    (5000, 0, None, 320, 320),      # cluster.yaml's 20 cpu_ingest nodes × 16 CPUs: all of them, no more
+    (5000, 1, None, 320, 320),
+    (5000, 400, None, 320, 400),    # more CPUs up now than the YAML said: use them
+    (3, 128, None, 320, 3),         # a big cluster already up: bounded by the work
+    (0, 0, None, None, 1),          # never zero
+    (5000, 0, 8, 320, 8),           # chips.ingest_parallelism wins
+    (2, 64, 200, None, 200),
 ])
-def test_ingest_parallelism(n_units, cpus, override, expected):
+def test_ingest_parallelism(n_units, cpus, override, max_cpus, expected):
     from pw_ray.ingest.pipeline import ingest_parallelism
 
-    assert ingest_parallelism(n_units, cpus, override) == expected
+    assert ingest_parallelism(n_units, cpus, override, max_cpus=max_cpus) == expected
 
 
-def test_ingest_parallelism_cap_and_config():
+def test_ingest_parallelism_bounds_and_config():
     from pw_ray.config import parse_config
-    from pw_ray.ingest.pipeline import MAX_DEFAULT_PARALLELISM, ingest_parallelism
+    from pw_ray.ingest.pipeline import ingest_parallelism
 
     assert ingest_parallelism(10_000, 0, cap=16) == 16
-    assert MAX_DEFAULT_PARALLELISM == 64
+    # the index phase: no more searches in flight than the STAC API's request limit
+    assert ingest_parallelism(10_000, 0, max_cpus=320, request_limit=8) == 8
+    assert ingest_parallelism(4, 0, max_cpus=320, request_limit=8) == 4
     base = {"root": "/tmp/x", "pretrain_sets": [{"name": "eu", "region": "eu", "size": 5}]}
     assert parse_config(base).chips.ingest_parallelism is None
     assert parse_config(dict(base, chips={"ingest_parallelism": 32})).chips.ingest_parallelism == 32
+    assert parse_config(dict(base, chips={"ingest_max_cpus": 320})).chips.ingest_max_cpus == 320
     from pw_ray.config import ConfigError
 
     with pytest.raises(ConfigError, match="ingest_parallelism"):
         parse_config(dict(base, chips={"ingest_parallelism": 0}))
+
+
+def test_ingest_width_follows_the_cluster_yaml(monkeypatch, tmp_path):
+    """The default pool grows to what the autoscaler's YAML allows: cluster.yaml's cpu_ingest."""
+    from pathlib import Path
+
+    from pw_ray.cluster import CLUSTER_YAML_ENV, discover_max_cpus, load_cluster, max_cpus
+    from pw_ray.ingest.pipeline import ingest_parallelism
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = load_cluster(repo / "cluster.yaml")
+    ingest = next(t for t in spec.node_types if t.name == "cpu_ingest")
+    expected = int(ingest.resources["CPU"]) * ingest.max_workers
+    assert max_cpus(spec) == expected  # CPU-only work never counts the GPU nodes' CPUs
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/ray_bootstrap_config.yaml here
+    monkeypatch.delenv(CLUSTER_YAML_ENV, raising=False)
+    assert discover_max_cpus()[0] is None
+    assert discover_max_cpus(48) == (48.0, "chips.ingest_max_cpus")
+    monkeypatch.setenv(CLUSTER_YAML_ENV, str(repo / "cluster.yaml"))
+    cpus, source = discover_max_cpus()
+    assert cpus == expected and CLUSTER_YAML_ENV in source
+    assert ingest_parallelism(100_000, 0, max_cpus=cpus) == expected
+    monkeypatch.delenv(CLUSTER_YAML_ENV)
+    (tmp_path / "ray_bootstrap_config.yaml").write_text((repo / "cluster-gcp.yaml").read_text())
+    assert discover_max_cpus()[0] == max_cpus(load_cluster(repo / "cluster-gcp.yaml"))
 
 
 # --------------------------------------------------------------------------- fake cluster

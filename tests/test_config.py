@@ -87,6 +87,39 @@ def test_api_source_requires_url():
         parse_config(_with(stac={"kind": "api"}))
 
 
+def test_satmae_fidelity_options_default_to_the_official_recipe():
+    cfg = parse_config(_with())
+    assert (cfg.model.loss_pairing, cfg.model.spatial_mask, cfg.model.input_quantization) == ("official", False, "uint8")
+    assert (cfg.train.precision, cfg.evaluation.pooling) == ("bf16", "mean_then_norm")
+
+
+def test_official_loss_pairing_needs_every_chip_band_in_a_group():
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    with pytest.raises(ConfigError, match=r"model.loss_pairing 'official'.*left out: \['B01'\].*per_group"):
+        parse_config(_with(chips={"bands": bands}))
+    cfg = parse_config(_with(chips={"bands": bands}, model={"loss_pairing": "per_group"}))
+    assert cfg.model.loss_pairing == "per_group"
+
+
+def test_unknown_pooling_names_the_field():
+    with pytest.raises(ConfigError, match=r"evaluation.pooling: Input should be 'mean_then_norm' or 'norm_then_mean'"):
+        parse_config(_with(evaluation={"pooling": "cls"}))
+
+
+def test_paper_config_is_the_papers_vit_b_recipe():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "paper.yaml", check_root=False)
+    assert [(s.region, s.size) for s in cfg.pretrain_sets] == [(r, 700_000) for r in
+                                                               ("af", "as", "eu", "na", "oc", "sa", "global")]
+    assert cfg.root.startswith("s3://") and (cfg.stac.kind, cfg.stac.catalog) == ("api", "planetary-computer")
+    assert (cfg.model.preset, cfg.model.patch_size, cfg.chips.size_px, cfg.model.mask_ratio) == ("base", 8, 96, 0.75)
+    assert (cfg.model.loss_pairing, cfg.model.spatial_mask, cfg.model.input_quantization) == ("official", False, "uint8")
+    t = cfg.train
+    assert (t.epochs, t.warmup_epochs, t.batch_size * t.accum_steps * t.num_workers) == (50, 5, 4096)
+    assert (t.blr, t.weight_decay, t.precision) == (1e-4, 0.05, "fp16")
+
+
 def _without_tasks(**changes):
     data = {k: v for k, v in TINY_CONFIG.items() if k != "tasks"}
     return parse_config(dict(data, root="/tmp/x", **changes))

@@ -382,13 +382,15 @@ def check_contracts(root: Path, cfg, contracts: list[TableContract]) -> list[str
     # The row units the docs may use, and how many rows each means in this run (by the file's
     # placeholders: a table of a task's chips is counted by the task).
     units = {
-        "point": lambda g: sizes[g["set"]],
+        "point": lambda g: sizes[g.get("set", g.get("task"))],
         "chip": lambda g: sizes[g["set"]] * seasons,
         "kept chip": lambda g: kept(g.get("task", g.get("set"))),
         "STAC item": lambda g: items(g["set"]),
         "cell": lambda g: n_cells,
         "pretraining set": lambda g: len(cfg.pretrain_sets),
         "measure and set group": lambda g: len(DIVERSITY_MEASURES),  # no external sets: group `all`
+        "pretraining set, task and held-out split": lambda g: (
+            len(cfg.pretrain_sets) * len(cfg.tasks) * len({"test", *cfg.plan.exclude_splits})),
     }
     problems = []
     files = files_by_contract(root, contracts)
@@ -435,8 +437,8 @@ CONTRACTS = REPO / "docs" / "CONTRACTS.md"
 
 def test_the_contracts_document_every_stage_table():
     paths = [c.path for c in parse_contracts(CONTRACTS.read_text())]
-    for stem in ("points/", "index/", "shards/", "manifest/", "tasks/", "runs/embeddings/",
-                 "results/results", "results/diversity", "results/correlations"):
+    for stem in ("points/", "splits/", "index/", "shards/", "manifest/", "tasks/", "runs/embeddings/",
+                 "results/results", "results/diversity", "results/correlations", "results/leakage"):
         assert any(p.startswith(stem) for p in paths), stem
 
 
@@ -473,7 +475,7 @@ def test_with_several_seasons_the_ingest_tables_are_one_row_per_chip(ray_session
     E.plan(cfg)
     E.ingest(cfg)
     ingest_tables = [c for c in parse_contracts(CONTRACTS.read_text())
-                     if c.path.split("/")[0] in ("points", "index", "shards", "manifest", "tasks")]
+                     if c.path.split("/")[0] in ("points", "splits", "index", "shards", "manifest", "tasks")]
     root = Path(cfg.root)
     assert len(__import__("pandas").read_parquet(root / "index" / "europe.parquet")) == 12
     assert check_contracts(root, cfg, ingest_tables) == []

@@ -73,8 +73,14 @@ def test_whole_pipeline_runs_on_an_s3_root(s3_run, s3_root, s3_server):
         assert f"runs/pretrain/{s}/export/encoder.pt" in rel and f"runs/pretrain/{s}/export/config.json" in rel
         for task in ("landcover", "population"):
             assert f"runs/embeddings/{s}/{task}.parquet" in rel
+    for s in sets:  # the cards, beside what they describe, and the leakage audit: in the bucket too
+        assert {f"shards/{s}/README.md", f"shards/{s}/card.json", f"runs/pretrain/{s}/export/README.md",
+                f"runs/pretrain/{s}/export/card.json"} <= set(rel), s
+    audit = storage.read_table(storage.join(root, "results", "leakage.parquet")).to_pandas()
+    assert len(audit) == len(sets) * 2 and (audit["n_held_out_within"] == 0).all()
     assert any(r.startswith("runs/grid/") for r in rel)  # Tune's experiment, restorable from the bucket
-    assert sum(r.startswith("runs/cells/") for r in rel) == 4 * 2 * 3 * 2  # sets+zero × tasks × regions × methods
+    cells = [r for r in rel if r.startswith("runs/cells/") and not r.endswith("/_expected.json")]
+    assert len(cells) == 4 * 2 * 3 * 2  # sets+zero × tasks × regions × methods
     results = storage.read_table(storage.join(root, "results", "results.parquet")).to_pandas()
     assert len(results) == 48 and (results["status"] == "ok").sum() > 0.8 * 48
     diversity = storage.read_table(storage.join(root, "results", "diversity.parquet")).to_pandas()

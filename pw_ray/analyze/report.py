@@ -211,7 +211,8 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
                  correlations: pd.DataFrame | None, points: pd.DataFrame | None = None,
                  chips_by_set: Mapping[str, np.ndarray] | None = None,
                  manifest_counts: pd.DataFrame | None = None, continents_path=None,
-                 external: ExternalSets | None = None,
+                 external: ExternalSets | None = None, leakage: pd.DataFrame | None = None,
+                 exclusion_m: float | None = None,
                  title: str = "pw-ray — Pretrain Where?") -> Path:
     """Write ``index.html``, ``README.md`` and the figures into ``out_dir``; return the HTML path.
 
@@ -220,7 +221,9 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
     output, correlated with the headline mean performance (linear probe on the global task
     region when present); ``points``: plan points (lon, lat, set, region); ``chips_by_set``:
     example RGB chips; ``manifest_counts``: ingest outcomes per set and status;
-    ``external``: external sets shown beside the measured ones. Any of them may be None.
+    ``external``: external sets shown beside the measured ones; ``leakage``: the leakage audit
+    (:func:`pw_ray.leakage.audit`); ``exclusion_m``: the study's exclusion distance (0: off,
+    said on the first page). Any of them may be None.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +238,7 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
                   else "Skipped: no evaluation results were given.")
     if not _empty(results) and "status" in results.columns:
         results = results[results["status"] == "ok"]  # skipped cells carry no score
+    _exclusion_note(doc, leakage, exclusion_m)
     summary = None if _empty(results) else stats.with_extra(stats.summarise(results), ext_scores)
     if no_scores:
         doc.note(f"{no_results} This report shows the diversity of the pretraining sets and their chips only; "
@@ -367,6 +371,8 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
         doc.try_figure("Sampled locations per pretraining set",
                        lambda: plot_locations(points, continents_path, out_dir))
 
+    _leakage_section(doc, leakage)
+
     doc.heading("Example chips")
     if not chips_by_set:
         doc.note("Skipped: no example chips were given.")
@@ -390,6 +396,46 @@ def write_report(out_dir, *, results: pd.DataFrame | None, diversity: pd.DataFra
     _atomic_write(out_dir / "README.md", doc.markdown(title))
     log.info("report written to %s", index)
     return index
+
+
+def _exclusion_note(doc: _Doc, audit: pd.DataFrame | None, exclusion_m: float | None) -> None:
+    """First-page line on leakage: a warning when the study ran without exclusion."""
+    off = exclusion_m == 0 or (not _empty(audit) and not bool(audit["exclusion"].all()))
+    close = 0 if _empty(audit) else int(audit.loc[audit["split"] == "test", "n_held_out_within"].sum())
+    if off:
+        dist = "" if _empty(audit) else f" {audit['distance_m'].iloc[0]:.0f} m (the chip-overlap distance) of"
+        doc.note("Exclusion was off (plan.exclusion_m = 0): pretraining points were not kept away from the "
+                 "downstream test areas, so scores may partly measure memorised places. "
+                 + ("" if _empty(audit) else f"The leakage audit counts {close} (pretraining set, test chip) "
+                                             f"pairs with a test chip within{dist} a pretraining chip."))
+    elif not _empty(audit):
+        doc.para(f"Leakage: every pretraining point was planned more than {audit['distance_m'].iloc[0]:.0f} m "
+                 f"from every held-out task point; the audit finds {close} test chips within that distance "
+                 "(see Leakage audit).")
+
+
+def _leakage_section(doc: _Doc, audit: pd.DataFrame | None) -> None:
+    doc.heading("Leakage audit")
+    if _empty(audit):
+        doc.note("Skipped: no leakage audit was given.")
+        return
+    on = bool(audit["exclusion"].all())
+    doc.para("Distance from each held-out task chip to its nearest pretraining chip (great circle, metres; "
+             "chip centres are the planned points): minimum, 1st percentile and median over the held-out chips; "
+             f"'within' counts chips closer than {audit['distance_m'].iloc[0]:.0f} m — held-out chips with a "
+             "pretraining chip that close, and pretraining chips with a held-out chip that close. "
+             + ("Exclusion was on, so both are 0 by construction; 'replaced' is the number of pretraining "
+                "candidates plan dropped for lying too close." if on else
+                "Exclusion was off: the distance is the chip-overlap distance (chip diagonal + 2 pixels)."))
+    shown = pd.DataFrame({
+        "pretrain_set": audit["pretrain_set"], "task": audit["task"], "split": audit["split"],
+        "held-out chips": audit["n_held_out"].astype("Int64"), "min (m)": audit["min_distance_m"],
+        "1st pct (m)": audit["p01_distance_m"], "median (m)": audit["median_distance_m"],
+        "held-out within": audit["n_held_out_within"].astype("Int64"),
+        "pretraining within": audit["n_pretrain_within"].astype("Int64"),
+        "replaced at plan": audit["replaced"].astype("Int64") if "replaced" in audit.columns else pd.NA,
+    })
+    doc.table(shown.reset_index(drop=True), digits=0)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ An image is found at ``image_path`` (relative to the CSV's folder or its parent)
 documented layout ``<split>/<category>/<category>_<location_id>/<category>_<location_id>_<image_id>.tif``.
 Splits: ``train.csv`` → train; with ``test_gt.csv``, ``val.csv`` → val and ``test_gt.csv`` →
 test; without it, ``val.csv`` is divided into val and test **by whole locations** (seeded,
-per category, in the ratio of ``tasks[].split``'s last two fractions), so no location's time
+per category, in the ratio of ``tasks[].split_fractions``' last two fractions), so no location's time
 series straddles val and test and nothing of fMoW's val set ever trains. fMoW-Sentinel holds
 Level-1C top-of-atmosphere reflectance ×10⁴ from before processing baseline 04.00, so no
 offset is applied (the pretraining chips are L2A: a known domain gap of the benchmark itself).
@@ -187,7 +187,7 @@ def plan_fmow(spec: TaskSpec) -> pd.DataFrame:
     df = pd.concat(parts, ignore_index=True)
     if "test" not in files:
         v = df["split"] == "val"
-        val_share = spec.split[1] / max(spec.split[1] + spec.split[2], 1e-9)
+        val_share = spec.split_fractions[1] / max(spec.split_fractions[1] + spec.split_fractions[2], 1e-9)
         df.loc[v, "split"] = _location_split(df[v], val_share, spec.seed)
     df = _sample(df, spec.max_chips, spec.seed).reset_index(drop=True)
     # fMoW numbers locations per split (train's airport_0 is not val's airport_0): ids name the CSV.
@@ -381,6 +381,7 @@ def ingest_imported(root: str, task: TaskSpec, points: pd.DataFrame, spec: ChipS
     kept = pts[pts["point_id"].isin(ok)]
     table = pd.DataFrame({"chip_id": kept["point_id"].to_numpy(), "region": kept["region"].to_numpy(),
                           "label": kept["label"].astype(str).to_numpy(), "split": kept["split"].to_numpy(),
+                          "block": kept["block"].to_numpy() if "block" in kept.columns else None,
                           "task_type": task.task_type}).sort_values("chip_id").reset_index(drop=True)
     T.write_task(root, task, table)
     summary = summarise(task.name, manifest, results)

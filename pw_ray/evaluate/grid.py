@@ -154,7 +154,8 @@ def evaluate_cell(root: str, cell: dict, eval_cfg: dict) -> dict:
             ids, emb = EMB.read_embeddings(root, cell["pretrain_set"], cell["task"])
             row["encoder_sha256"] = EMB.cached_digest(root, cell["pretrain_set"], cell["task"]) or ""
         else:
-            ids, emb = EMB.embed_task(root, cell["pretrain_set"], cell["task"])
+            ids, emb = EMB.embed_task(root, cell["pretrain_set"], cell["task"],
+                                      pooling=eval_cfg.get("pooling", EMB.DEFAULT_POOLING))
             row["encoder_sha256"] = EMB.encoder_digest(root, cell["pretrain_set"])
         xtr, ytr = _split(table, ids, emb, "train")
         xva, yva = _split(table, ids, emb, "val")
@@ -175,11 +176,11 @@ def _finetune_cell(root: str, cell: dict, table: pd.DataFrame, eval_cfg: dict):
     import torch
 
     from pw_ray.evaluate import methods as M
-    from pw_ray.evaluate.embeddings import normalised
+    from pw_ray.evaluate.embeddings import DEFAULT_POOLING, input_quantization, normalised
     from pw_ray.ingest import shards as S
     from pw_ray.pretrain.trainer import load_encoder
 
-    encoder, conf = load_encoder(root, cell["pretrain_set"])
+    encoder, conf = load_encoder(root, cell["pretrain_set"], eval_cfg.get("pooling", DEFAULT_POOLING))
     chips = S.read_set(root, cell["task"], columns=["chip_id", "pixels"])
     pos = {c: i for i, c in enumerate(chips.column("chip_id").to_pylist())}
     pixels = S.read_pixels(chips)
@@ -187,7 +188,8 @@ def _finetune_cell(root: str, cell: dict, table: pd.DataFrame, eval_cfg: dict):
 
     def part(name):
         p = table[table["split"] == name]
-        return normalised(pixels[[pos[c] for c in p["chip_id"]]], *mean), p["label"].to_numpy()
+        return (normalised(pixels[[pos[c] for c in p["chip_id"]]], *mean, quantize=input_quantization(conf)),
+                p["label"].to_numpy())
 
     (xtr, ytr), (xva, yva), (xte, yte) = part("train"), part("val"), part("test")
     device = "cuda" if torch.cuda.is_available() else "cpu"

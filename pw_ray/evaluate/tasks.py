@@ -52,18 +52,35 @@ def synthetic_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str])
 
 
 def make_splits(labels: pd.Series, regions: pd.Series, spec: TaskSpec) -> np.ndarray:
-    """Fixed train/val/test splits, stratified by label (classification) within each region."""
+    """Random train/val/test splits of chips, stratified by label (classification) within each region.
+
+    For chip tables whose points were not planned with a split (fixtures, old roots); planned
+    tasks carry their split from plan (:func:`build_labels` ``splits``).
+    """
     from pw_ray.evaluate.methods import split_indices
 
     out = np.empty(len(labels), dtype=object)
     for r in sorted(regions.unique()):
         m = (regions == r).to_numpy()
         strat = labels[m].to_numpy() if spec.task_type == "classification" else None
-        out[m] = split_indices(int(m.sum()), strat, tuple(spec.split), spec.seed)
+        out[m] = split_indices(int(m.sum()), strat, tuple(spec.split_fractions), spec.seed)
     return out
 
 
-def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str]) -> pd.DataFrame:
+def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str],
+                 splits: pd.DataFrame | None = None, *, block_m: float | None = None,
+                 split_seed: int = 0) -> pd.DataFrame:
+    """The task table (``chip_id, region, label, split, block, task_type``) of a task's chips.
+
+    ``block`` is the spatial block of the chip's point (:mod:`pw_ray.splits`), null where no
+    block is known (random splits made here).
+
+    splits: the task's planned splits (``splits/<task>.parquet``: ``point_id, split, block``): every
+        chip takes its point's split (all seasons of a point in one split), so evaluate uses
+        exactly the split plan kept pretraining away from. None: decided here from the chips —
+        spatial with ``block_m`` (the same function of location plan uses), random as
+        :func:`make_splits`.
+    """
     if spec.kind.startswith("synthetic-"):
         labels = synthetic_labels(meta, spec, class_names)
     elif "label" in meta.columns:
@@ -72,7 +89,26 @@ def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str]) -> 
         raise ValueError(f"task {spec.name}: chips have no 'label' column")
     df = pd.DataFrame({"chip_id": meta["chip_id"].to_numpy(), "region": meta["region"].to_numpy(),
                        "label": labels.to_numpy()})
-    df["split"] = make_splits(df["label"], df["region"], spec)
+    if splits is not None:
+        planned = splits.drop_duplicates("point_id").set_index("point_id")
+        point_ids = meta["point_id"].to_numpy()
+        missing = pd.Index(point_ids).difference(planned.index)
+        if len(missing):
+            raise ValueError(f"task {spec.name}: {len(missing)} chips come from points with no planned split "
+                             f"(first: {missing[0]}); re-plan the task")
+        df["split"] = planned.loc[point_ids, "split"].to_numpy()
+        df["block"] = planned.loc[point_ids, "block"].to_numpy() if "block" in planned.columns else None
+    elif spec.split == "spatial":
+        from pw_ray.splits import block_of, block_splits
+
+        if block_m is None:
+            raise ValueError(f"task {spec.name}: a spatial split needs block_m (cfg.block_m) or planned splits")
+        lon, lat = meta["lon"].to_numpy(np.float64), meta["lat"].to_numpy(np.float64)
+        df["split"] = block_splits(lon, lat, block_m, spec.split_fractions, split_seed)
+        df["block"] = block_of(lon, lat, block_m)
+    else:
+        df["split"] = make_splits(df["label"], df["region"], spec)
+        df["block"] = None
     df["task_type"] = spec.task_type
     return df.sort_values("chip_id").reset_index(drop=True)
 

@@ -633,35 +633,42 @@ INDEX_TASKS_PER_REQUEST_SLOT = 4
 
 
 def index_parallelism(n_parts: int, cluster_cpus: float, override: int | None = None,
-                      max_concurrent_requests: int | None = None) -> int:
-    """Index tasks in flight: what :func:`ingest_parallelism` gives for ``n_parts`` work units,
-    bounded by the STAC request budget (:data:`INDEX_TASKS_PER_REQUEST_SLOT` tasks per request
-    slot; no bound for in-memory catalogs, which make no requests). The bound applies to the
+                      max_concurrent_requests: int | None = None, *, max_cpus: float | None = None) -> int:
+    """Index tasks in flight: what :func:`ingest_parallelism` gives for ``n_parts`` work units
+    (the cluster decides the width), bounded by the STAC request budget:
+    :data:`INDEX_TASKS_PER_REQUEST_SLOT` tasks per request slot, ``chips.ingest_parallelism``
+    included; no bound for in-memory catalogs, which make no requests. The bound applies to the
     index phase only; the shard phase reads COGs, not the API, and keeps its own width.
-    (Cluster-side sizing lives in :func:`ingest_parallelism`; this function only caps it.)
     """
-    width = ingest_parallelism(n_parts, cluster_cpus, override)
-    if max_concurrent_requests:
-        width = min(width, INDEX_TASKS_PER_REQUEST_SLOT * int(max_concurrent_requests))
-    return max(1, width)
-
-
-#: Default ceiling on ingest tasks in flight when ``chips.ingest_parallelism`` is unset.
-MAX_DEFAULT_PARALLELISM = 64
+    limit = INDEX_TASKS_PER_REQUEST_SLOT * int(max_concurrent_requests) if max_concurrent_requests else None
+    width = ingest_parallelism(n_parts, cluster_cpus, override, max_cpus=max_cpus, request_limit=limit)
+    return max(1, min(width, limit) if limit else width)
 
 
 def ingest_parallelism(n_units: int, cluster_cpus: float, override: int | None = None,
-                       cap: int = MAX_DEFAULT_PARALLELISM) -> int:
+                       cap: int | None = None, *, max_cpus: float | None = None,
+                       request_limit: int | None = None) -> int:
     """How many ingest tasks may run at once (the ``TaskPoolStrategy`` size).
 
-    ``override`` (``chips.ingest_parallelism``) wins. Otherwise the larger of the CPUs the
-    cluster has now and the number of work units (capped at ``cap``): on a cluster that starts
-    with no worker CPUs, sizing by today's CPUs would allow one task, leave the autoscaler no
-    pending demand and never scale up; queuing up to ``cap`` tasks makes it add CPU workers.
+    ``override`` (``chips.ingest_parallelism``) wins. Otherwise one task per work unit
+    (``n_units``: chunks, index parts), up to the CPUs the cluster can grow to (``max_cpus``:
+    :func:`pw_ray.cluster.discover_max_cpus`, from ``chips.ingest_max_cpus`` or the autoscaler's
+    cluster YAML), never below the CPUs it has now (``cluster_cpus``). Pending tasks are the
+    demand Ray's autoscaler grows the CPU pool for: sizing by today's CPUs would leave a cluster
+    that starts with none at one task, and a fixed ceiling would use a few of many nodes. With
+    ``max_cpus`` unknown every unit may be pending (Ray queues what the CPUs cannot run yet).
+    ``cap`` and, for the index phase, ``request_limit`` (the STAC API's limit of concurrent
+    requests: more tasks would only wait for it) bound the result; it is at least 1.
     """
     if override:
         return int(override)
-    return max(1, int(cluster_cpus), min(int(n_units), cap))
+    width = int(n_units)
+    if max_cpus is not None:
+        width = min(width, int(max(max_cpus, cluster_cpus)))
+    for bound in (cap, request_limit):
+        if bound:
+            width = min(width, int(bound))
+    return max(1, width)
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -724,11 +731,15 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
 
     manifest_uri = storage.join(root, "manifest", f"{set_name}.parquet")
     override = parallelism or spec.ingest_parallelism
+    from pw_ray.cluster import discover_max_cpus
+
+    max_cpus, max_cpus_from = discover_max_cpus(spec.ingest_max_cpus)
     source = source or source_inputs(searcher, adapter, landcover)
     index_rec = index_inputs(points, source["index"], spec)
     width = index_parallelism(-(-len(points) // INDEX_PART), ray.cluster_resources().get("CPU", 0), override,
-                              getattr(searcher, "max_concurrent_requests", None))
-    log.info("ingest %s: up to %d index tasks at once", set_name, width)
+                              getattr(searcher, "max_concurrent_requests", None), max_cpus=max_cpus)
+    log.info("ingest %s: up to %d index tasks at once (cluster can grow to %s CPUs: %s)", set_name, width,
+             "?" if max_cpus is None else f"{max_cpus:g}", max_cpus_from)
     index, items_json, why = ensure_index(root, set_name, points, searcher, adapter, spec, index_rec, width, force,
                                           retry_failed)
 
@@ -744,7 +755,8 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
             return run_chunk_task(task, root, set_name, adapter, spec, landcover, force, retry_failed,
                                   source["chunks"])
 
-        parallelism = ingest_parallelism(len(tasks), ray.cluster_resources().get("CPU", 0), override)
+        parallelism = ingest_parallelism(len(tasks), ray.cluster_resources().get("CPU", 0), override,
+                                         max_cpus=max_cpus)
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
         ds = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1)
         results = ds.take_all()

@@ -60,7 +60,9 @@ def export_encoder(model: GroupChannelMAE, out_dir: str | Path, bands: Sequence[
         "bands": names,
         "groups": [[B.canonical(b) for b in g] for g in groups],
         "normalization": fmow_normalization(names),
-        "embedding": "mean of patch tokens after the final norm (cls token excluded)",
+        "embedding": "load_encoder(path, pooling): mean_then_norm (default; SatMAE's fine-tuning head: mean of "
+                     "the last block's patch tokens, then a fresh LayerNorm fc_norm) or norm_then_mean (the "
+                     "final norm on every patch token, then the mean); the cls token is never pooled",
     }
     config.update(extra or {})
 

@@ -1,27 +1,36 @@
 """SatMAE's group-channel masked autoencoder on timm ``Block``s.
 
-The design follows SatMAE's ``models_mae_group_channels.py`` (Cong et al., 2022):
+The design follows SatMAE's ``models_mae_group_channels.py`` (Cong et al., 2022); docs/pretrain.md
+("Fidelity to SatMAE") lists every point against the official code with its source lines.
 
 * the input bands are split into groups (default RGB+NIR, red edge, SWIR); each group has its
-  own patch embedding (a ``patch × patch`` convolution with bias), so a 96 px chip with patch 8
-  becomes ``G × 144`` tokens;
+  own patch embedding (a ``patch × patch`` convolution with bias, the bias left at PyTorch's
+  default init as in SatMAE), so a 96 px chip with patch 8 becomes ``G × 144`` tokens;
 * every token gets a fixed embedding made of a 2-D sin-cos position code
   (``embed_dim − channel_embed`` dims) concatenated with a 1-D sin-cos code of its group
   (``channel_embed`` dims); both tables are buffers, not trained;
-* masking is SatMAE's "independent" masking: one random permutation over all ``G × L`` tokens
-  of a sample, keeping the first ``G·L − round(mask_ratio·G·L)``. Every sample therefore loses
-  exactly ``round(mask_ratio·G·L)`` tokens, while the number masked *per group* varies and a
-  location can be visible in one group and hidden in another;
+* masking keeps SatMAE's count, ``int(N·(1 − mask_ratio))`` tokens of ``N``. Independent
+  masking (the default) draws one random permutation over all ``G × L`` tokens of a sample, so
+  the number masked *per group* varies and a location can be visible in one group and hidden
+  in another; ``spatial_mask=True`` masks the same ``L − int(L·(1 − mask_ratio))`` positions in
+  every group;
 * the decoder sees all ``G × L`` tokens plus the cls token, with its own fixed position and
   group tables (one extra group row marks the cls token), and one linear head per group
   predicts that group's pixels;
 * the loss is the MSE on masked tokens only (optionally on per-patch normalised pixels).
 
-Two deliberate differences from SatMAE's code, neither of which changes the paper's setting:
-predictions are compared with the target of *their own group* (SatMAE concatenates
-predictions in group order but indexes the target in channel order, which only agrees when
-groups are listed in ascending channel order), and ``norm_pix_loss`` normalises each
-group's patch rather than all channels of a patch together.
+``loss_pairing`` chooses how predictions meet targets:
+
+* ``"official"`` (default; what the paper trained): SatMAE concatenates the groups' predictions
+  in *group order* and compares that tensor with the target in *channel order*, then averages
+  ``loss[:, group]`` by channel index under that group's mask. With groups that are not listed
+  in channel order (the paper's (B2,B3,B4,B8), (B5,B6,B7,B8A), (B11,B12)) some predictions are
+  scored against another band. ``norm_pix_loss`` normalises all channels of a patch together.
+  It needs groups that cover every input channel once.
+* ``"per_group"`` (the corrected variant): each group's prediction is scored against its own
+  bands, and ``norm_pix_loss`` normalises each group's patch on its own.
+
+The two are identical exactly when concatenating the groups lists the channels as 0, 1, …, C−1.
 """
 
 from __future__ import annotations
@@ -44,6 +53,24 @@ ENCODER_PREFIXES: tuple[str, ...] = ("patch_embed.", "cls_token", "pos_embed", "
                                      "blocks.", "norm.")
 #: LayerNorm epsilon used throughout (MAE's and SatMAE's choice).
 NORM_EPS = 1e-6
+#: How predictions meet targets in the loss (see the module docstring).
+LOSS_PAIRINGS: tuple[str, ...] = ("official", "per_group")
+#: How ``embed`` turns patch tokens into one vector per chip.
+#: ``mean_then_norm``: SatMAE's fine-tuning head (``global_pool``): the mean of the last block's
+#: patch tokens, then a fresh LayerNorm (``fc_norm``; at its initial weights a plain
+#: standardisation of the vector). ``norm_then_mean``: the encoder's trained final norm on every
+#: token, then the mean.
+POOLINGS: tuple[str, ...] = ("mean_then_norm", "norm_then_mean")
+DEFAULT_POOLING = "mean_then_norm"
+
+
+def kept_count(n_tokens: int, mask_ratio: float) -> int:
+    """Tokens SatMAE keeps visible out of ``n_tokens``: ``int(n_tokens · (1 − mask_ratio))``.
+
+    The float expression is SatMAE's own, so the count matches it at every ratio (0.6 of 432
+    keeps 172, where ``n − round(r·n)`` would keep 173).
+    """
+    return int(n_tokens * (1 - mask_ratio))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +136,8 @@ class GroupChannelMAE(nn.Module):
         channel_embed: int,
         decoder_channel_embed: int = 128,
         norm_pix_loss: bool = False,
+        loss_pairing: str = "official",
+        spatial_mask: bool = False,
     ):
         super().__init__()
         groups = tuple(tuple(int(c) for c in g) for g in groups)
@@ -119,6 +148,12 @@ class GroupChannelMAE(nn.Module):
             raise ValueError(f"a channel appears in more than one group: {groups}")
         if min(flat) < 0 or max(flat) >= in_chans:
             raise ValueError(f"group channel indices must lie in [0, {in_chans}), got {groups}")
+        if loss_pairing not in LOSS_PAIRINGS:
+            raise ValueError(f"unknown loss_pairing {loss_pairing!r}; allowed: {', '.join(LOSS_PAIRINGS)}")
+        if loss_pairing == "official" and sorted(flat) != list(range(in_chans)):
+            raise ValueError(f"loss_pairing 'official' needs groups that cover each of the {in_chans} input channels "
+                             f"exactly once (SatMAE compares the concatenated predictions with every channel), "
+                             f"got {groups}; use loss_pairing 'per_group' to leave channels out")
         if img_size % patch_size:
             raise ValueError(f"img_size ({img_size}) must be a multiple of patch_size ({patch_size})")
         for name, dim, part in (("encoder", embed_dim, channel_embed),
@@ -131,6 +166,8 @@ class GroupChannelMAE(nn.Module):
         self.embed_dim, self.depth, self.num_heads, self.mlp_ratio = embed_dim, depth, num_heads, mlp_ratio
         self.channel_embed_dim = channel_embed
         self.norm_pix_loss = norm_pix_loss
+        self.loss_pairing = loss_pairing
+        self.spatial_mask = spatial_mask
         grid = img_size // patch_size
         self.num_patches = grid * grid
         norm_layer = partial(nn.LayerNorm, eps=NORM_EPS)
@@ -171,7 +208,7 @@ class GroupChannelMAE(nn.Module):
         for pe in self.patch_embed:
             w = pe.proj.weight.data
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear, not a Conv2d
-            nn.init.zeros_(pe.proj.bias)
+            # the bias keeps Conv2d's default U(±1/√fan_in): SatMAE's init never touches it
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
         for m in self.modules():
@@ -196,29 +233,41 @@ class GroupChannelMAE(nn.Module):
         grp = self.channel_embed[:, :, None, :].expand(-1, -1, L, -1)     # (1, G, L, cD)
         return x + torch.cat([pos, grp], dim=-1).to(x.dtype)
 
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) tokens → (B, 1 + N, D) after prepending cls, the blocks and the norm."""
+    def _encode(self, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """(B, N, D) tokens → (B, 1 + N, D) after prepending cls, the blocks and (by default) the norm."""
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x)
+        return self.norm(x) if final_norm else x
 
-    def random_masking(self, n_tokens: int, batch: int, mask_ratio: float, device,
+    def random_masking(self, batch: int, mask_ratio: float, device,
                        noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Draw SatMAE's independent mask over all ``G·L`` tokens of each sample.
+        """Draw SatMAE's mask over the ``G·L`` tokens of each sample (token ``g·L + l``).
 
-        Returns ``ids_shuffle`` (B, N) (kept tokens first), ``ids_restore`` (B, N) and the number
-        kept. ``noise`` (B, N) fixes the draw (lowest noise is kept).
+        Returns ``ids_shuffle`` (B, G·L) (the kept tokens first, in the order the encoder sees
+        them), ``ids_restore`` (B, G·L) and the number kept. Lowest noise is kept.
+
+        * independent (default): ``noise`` (B, G·L); ``int(G·L·(1 − r))`` tokens kept.
+        * ``spatial_mask``: ``noise`` (B, L) over positions; the ``int(L·(1 − r))`` kept positions
+          are visible in every group, and the kept tokens are ordered group by group, each group's
+          positions in noise order (SatMAE's order of visible tokens).
         """
-        n_masked = round(mask_ratio * n_tokens)
-        n_keep = n_tokens - n_masked
+        G, L = len(self.groups), self.num_patches
+        n = L if self.spatial_mask else G * L
+        n_keep = kept_count(n, mask_ratio)
         if n_keep < 1:
-            raise ValueError(f"mask_ratio {mask_ratio} leaves no visible token out of {n_tokens}")
+            raise ValueError(f"mask_ratio {mask_ratio} leaves no visible token out of {n}")
         if noise is None:
-            noise = torch.rand(batch, n_tokens, device=device)
-        elif noise.shape != (batch, n_tokens):
-            raise ValueError(f"noise must have shape {(batch, n_tokens)}, got {tuple(noise.shape)}")
+            noise = torch.rand(batch, n, device=device)
+        elif noise.shape != (batch, n):
+            raise ValueError(f"noise must have shape {(batch, n)} ({'positions' if self.spatial_mask else 'tokens'}"
+                             f" per sample), got {tuple(noise.shape)}")
         ids_shuffle = torch.argsort(noise.to(device), dim=1)
+        if self.spatial_mask:
+            offsets = (torch.arange(G, device=device) * L)[None, :, None]           # (1, G, 1)
+            kept = (ids_shuffle[:, None, :n_keep] + offsets).reshape(batch, -1)     # group by group
+            hidden = (ids_shuffle[:, None, n_keep:] + offsets).reshape(batch, -1)
+            ids_shuffle, n_keep = torch.cat([kept, hidden], dim=1), G * n_keep
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         return ids_shuffle, ids_restore, n_keep
 
@@ -226,13 +275,14 @@ class GroupChannelMAE(nn.Module):
                         noise: torch.Tensor | None = None):
         """Encode the visible tokens.
 
-        imgs: (B, C, H, W) float, normalised. Returns ``latent`` (B, 1 + kept, D) (cls first),
-        ``mask`` (B, G, L) float with 1 = masked, and ``ids_restore`` (B, G·L).
+        imgs: (B, C, H, W) float, normalised. ``noise`` fixes the mask (see :meth:`random_masking`).
+        Returns ``latent`` (B, 1 + kept, D) (cls first), ``mask`` (B, G, L) float with
+        1 = masked, and ``ids_restore`` (B, G·L).
         """
         tokens = self._tokens(imgs)
         b, G, L, D = tokens.shape
         tokens = tokens.reshape(b, G * L, D)
-        ids_shuffle, ids_restore, n_keep = self.random_masking(G * L, b, mask_ratio, imgs.device, noise)
+        ids_shuffle, ids_restore, n_keep = self.random_masking(b, mask_ratio, imgs.device, noise)
         ids_keep = ids_shuffle[:, :n_keep]
         visible = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, D))
         mask = torch.ones(b, G * L, device=imgs.device)
@@ -270,20 +320,38 @@ class GroupChannelMAE(nn.Module):
         return pred
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error over masked tokens only.
+        """Mean squared error over masked tokens only, paired as ``loss_pairing`` says.
 
-        Per token, the error is the mean over its group's channels and pixels; the loss is the
-        mean over all masked tokens of the batch (SatMAE's weighting).
+        imgs (B, C, H, W), pred (B, C, L, p²) in input channel order, mask (B, G, L) with
+        1 = masked. Per token the error is a mean over ``len(group)`` channels and the pixels;
+        the loss is the mean over all masked tokens of the batch (SatMAE's weighting).
         """
-        target = patchify(imgs, self.patch_size)  # (B, C, L, p²)
-        total = imgs.new_zeros((), dtype=torch.float32)
+        target = patchify(imgs, self.patch_size).float()  # (B, C, L, p²)
+        pred = pred.float()
+        if self.loss_pairing == "official":
+            return self._official_loss(target, pred, mask)
+        total = target.new_zeros(())
         for i, g in enumerate(self.groups):
-            t, p = target[:, list(g)].float(), pred[:, list(g)].float()
+            t, p = target[:, list(g)], pred[:, list(g)]
             if self.norm_pix_loss:  # per token, over this group's channels and pixels
                 mean, var = t.mean(dim=(1, 3), keepdim=True), t.var(dim=(1, 3), keepdim=True)
                 t = (t - mean) / (var + 1e-6) ** 0.5
             err = ((p - t) ** 2).mean(dim=(1, 3))  # (B, L)
             total = total + (err * mask[:, i]).sum()
+        return total / mask.sum().clamp_min(1)
+
+    def _official_loss(self, target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """SatMAE's pairing: slot ``k`` of the group-ordered prediction meets target channel ``k``."""
+        if self.norm_pix_loss:  # per token, over all channels and pixels of the patch together
+            b, c, L, p2 = target.shape
+            patches = target.transpose(1, 2).reshape(b, L, c * p2)
+            mean, var = patches.mean(dim=-1), patches.var(dim=-1)  # (B, L)
+            target = (target - mean[:, None, :, None]) / (var[:, None, :, None] + 1e-6) ** 0.5
+        in_group_order = pred[:, [c for g in self.groups for c in g]]  # what SatMAE's decoder returns
+        err = ((in_group_order - target) ** 2).mean(dim=-1)          # (B, C, L)
+        total = target.new_zeros(())
+        for i, g in enumerate(self.groups):
+            total = total + (err[:, list(g)].mean(dim=1) * mask[:, i]).sum()
         return total / mask.sum().clamp_min(1)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
@@ -292,14 +360,18 @@ class GroupChannelMAE(nn.Module):
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(imgs, pred, mask), pred, mask
 
-    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised → (B, D): mean of all patch tokens after the final norm.
+    def embed(self, imgs: torch.Tensor, pooling: str = DEFAULT_POOLING) -> torch.Tensor:
+        """(B, C, H, W) normalised → (B, D), pooled as ``pooling`` says (see :data:`POOLINGS`).
 
-        No masking; the cls token takes part in attention but not in the mean. Differentiable,
-        so fine-tuning can train through it; wrap frozen use in ``torch.no_grad()``.
+        No masking; the cls token takes part in attention but not in the mean. ``mean_then_norm``
+        applies the fresh ``fc_norm`` at its initial weights (a LayerNorm without affine).
+        Differentiable, so fine-tuning can train through it; wrap frozen use in ``torch.no_grad()``.
         """
-        tokens = self._tokens(imgs)
-        return self._encode(tokens.flatten(1, 2))[:, 1:].mean(dim=1)
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+        x = self._encode(self._tokens(imgs).flatten(1, 2), final_norm=pooling == "norm_then_mean")
+        pooled = x[:, 1:].mean(dim=1)
+        return pooled if pooling == "norm_then_mean" else nn.functional.layer_norm(pooled, (x.shape[-1],), eps=NORM_EPS)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoder's weights and fixed tables only (no decoder), detached on CPU."""
@@ -360,13 +432,14 @@ def group_indices(bands: Sequence[str], groups: Sequence[Sequence[str]]) -> tupl
 
 
 def build_mae(preset: str, bands: Sequence[str], groups: Sequence[Sequence[str]], img_size: int = 96,
-              patch_size: int = 8, norm_pix_loss: bool = False) -> GroupChannelMAE:
+              patch_size: int = 8, norm_pix_loss: bool = False, loss_pairing: str = "official",
+              spatial_mask: bool = False) -> GroupChannelMAE:
     """A :class:`GroupChannelMAE` of a named size over ``bands`` (input channel order)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; allowed: {', '.join(PRESETS)}")
     return GroupChannelMAE(img_size=img_size, patch_size=patch_size, in_chans=len(bands),
                            groups=group_indices(bands, groups), norm_pix_loss=norm_pix_loss,
-                           **PRESETS[preset])
+                           loss_pairing=loss_pairing, spatial_mask=spatial_mask, **PRESETS[preset])
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -386,4 +459,5 @@ def parameter_counts(model: GroupChannelMAE) -> dict[str, int]:
 
 
 __all__ = ["GroupChannelMAE", "PRESETS", "build_mae", "group_indices", "parameter_counts",
-           "count_parameters", "patchify", "sincos_1d", "sincos_2d", "ENCODER_PREFIXES"]
+           "count_parameters", "patchify", "sincos_1d", "sincos_2d", "kept_count", "ENCODER_PREFIXES",
+           "LOSS_PAIRINGS", "POOLINGS", "DEFAULT_POOLING"]

@@ -18,8 +18,9 @@ from pw_ray.pretrain.transforms import normalize, random_resized_crop_flip
 
 log = logging.getLogger(__name__)
 
-#: Parameters that are never decayed besides biases and 1-D tensors (norm weights).
-NO_DECAY_NAMES = frozenset({"cls_token", "mask_token", "pos_embed", "decoder_pos_embed"})
+#: Mixed precision on CUDA: ``bf16`` autocast; ``fp16`` autocast with a gradient scaler (SatMAE's
+#: ``torch.cuda.amp.autocast()`` + ``NativeScaler``); ``fp32`` none. CPU always runs fp32.
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -34,13 +35,17 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed matrices, and undecayed norms, biases, tokens and 1-D params."""
+    """Two AdamW groups, SatMAE's rule (timm 0.3.2 ``add_weight_decay``): decayed, and undecayed.
+
+    Undecayed: 1-D parameters (norm weights) and names ending in ``.bias``. Everything else is
+    decayed, ``cls_token`` and ``mask_token`` (1×1×D) included; the fixed sin-cos tables are
+    buffers and never reach the optimizer.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        if p.ndim <= 1 or leaf == "bias" or leaf in NO_DECAY_NAMES:
+        if p.ndim == 1 or name.endswith(".bias"):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -53,6 +58,38 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     on_cuda = all(p.is_cuda for p in model.parameters())
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95),
                              fused=True if on_cuda else None)
+
+
+def mixed_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """(autocast dtype, gradient scaler) for ``precision`` (see :data:`PRECISIONS`) on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if torch.device(device).type != "cuda" or precision == "fp32":
+        return None, None
+    if precision == "bf16":
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def recipe_variants(config: dict) -> dict:
+    """Which variant of each SatMAE-fidelity point a run uses, from its loop config.
+
+    Logged when a run starts and recorded in the export's ``config.json``; docs/pretrain.md
+    ("Fidelity to SatMAE") explains each. The fixed points are listed too, so the record is whole.
+    """
+    return {
+        "loss_pairing": config["loss_pairing"],
+        "norm_pix_loss": bool(config["norm_pix_loss"]),
+        "mask": "spatial" if config["spatial_mask"] else "independent",
+        "mask_ratio": config["mask_ratio"],
+        "kept_tokens": "int(N*(1-mask_ratio))",
+        "weight_decay_exempt": "1-D params and *.bias (timm 0.3.2 add_weight_decay)",
+        "patch_embed_bias_init": "Conv2d default",
+        "input_quantization": config["input_quantization"],
+        "crop": "RandomResizedCrop(scale=(0.2, 1.0), bicubic) + horizontal flip",
+        "precision": config["precision"] if config["use_gpu"] else "fp32 (CPU workers)",
+        "warmup_steps": config["warmup_steps"],
+    }
 
 
 def effective_lr(blr: float, batch_size: int, accum_steps: int, world_size: int) -> float:
@@ -85,22 +122,26 @@ def train_step(
     micro_step: int = 0,
     grad_clip: float | None = None,
     autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
     augment: bool = True,
+    input_quantization: str = "uint8",
     generator: torch.Generator | None = None,
     mask_noise: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Forward and backward one micro-batch; on the last micro-step, update the weights.
 
-    batch: (B, C, H, W) uint16 reflectance (or float in the same units), model band order.
+    batch: (B, C, H, W) uint16 reflectance (or float in the same units), model band order. It is
+    normalised (``input_quantization``: SatMAE's ``uint8`` levels or ``none``), then cropped and
+    flipped as SatMAE does. ``scaler`` scales the loss for fp16 autocast (SatMAE's NativeScaler).
     ``step`` is the optimizer step this micro-batch belongs to (for logging). ``generator``
-    drives the augmentation, ``mask_noise`` (B, G·L) fixes the mask; both are for
-    reproducibility. Returns the micro-batch's unscaled loss and the lr used.
+    drives the augmentation, ``mask_noise`` fixes the mask; both are for reproducibility.
+    Returns the micro-batch's unscaled loss and the lr used.
     """
     bare = unwrap(model)
     device = next(bare.parameters()).device
     last = micro_step == accum_steps - 1
 
-    x = normalize(torch.as_tensor(batch).to(device, non_blocking=True), mean, std)
+    x = normalize(torch.as_tensor(batch).to(device, non_blocking=True), mean, std, quantize=input_quantization)
     if augment:
         x = random_resized_crop_flip(x, size=bare.img_size, generator=generator)
 
@@ -109,14 +150,21 @@ def train_step(
     with sync:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss, _, _ = model(x, mask_ratio=mask_ratio, noise=mask_noise)
-        (loss / accum_steps).backward()
+        scaled = loss / accum_steps
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
 
     if last:
         for group in optimizer.param_groups:
             group["lr"] = lr
         if grad_clip is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)  # skipped when a gradient overflowed
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return {"loss": loss.item(), "lr": lr}
 
@@ -137,7 +185,9 @@ def train_plain(
     mask_ratio: float = 0.75,
     grad_clip: float | None = None,
     autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
     augment: bool = True,
+    input_quantization: str = "uint8",
     optimizer: torch.optim.Optimizer | None = None,
     seed: int = 0,
     log_every: int = 0,
@@ -170,8 +220,8 @@ def train_plain(
             cursor += batch_size
             out = train_step(model, data[idx], optimizer, step=step, lr=step_lr, mean=mean, std=std,
                              mask_ratio=mask_ratio, accum_steps=accum_steps, micro_step=micro,
-                             grad_clip=grad_clip, autocast_dtype=autocast_dtype, augment=augment,
-                             generator=aug_gen)
+                             grad_clip=grad_clip, autocast_dtype=autocast_dtype, scaler=scaler,
+                             augment=augment, input_quantization=input_quantization, generator=aug_gen)
             total += out["loss"] / accum_steps
         losses.append(total)
         if log_every and (step % log_every == 0 or step == steps - 1):

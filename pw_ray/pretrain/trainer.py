@@ -2,11 +2,15 @@
 
 The loop is a plain function (:func:`train_loop_per_worker`); the model, the schedule and the
 step come from :mod:`pw_ray.models.satmae` and :mod:`pw_ray.pretrain.step` and run without Ray.
+Each worker reads its share of the shards itself (:mod:`pw_ray.pretrain.loader`: files in a
+seeded order per epoch, a range of them per rank, a local shuffle, batches ready ahead of the
+step) from a catalog of the files' row groups the driver reads once per run.
 
 Everything of a run lives in ``<root>/runs/pretrain/<set>/`` (Ray Train's run dir):
 
 * ``checkpoint_*/state.pt`` every ``train.checkpoint_every`` optimizer steps (model, optimizer,
-  step, epoch, batches done in the epoch), the last ``train.keep_checkpoints`` kept;
+  step, epoch, batches done in the epoch, world size), the last ``train.keep_checkpoints`` kept;
+  a resumed worker continues with exactly the batch after the checkpoint's;
 * ``tensorboard/`` loss, lr, samples/s, time waiting for data and the workers' peak memory
   every ``train.log_every`` steps (Ray's dashboard gets the same metrics at most every 2 s);
 * ``normalization.json`` the per-band statistics the run normalises with;
@@ -26,10 +30,10 @@ import os
 import tempfile
 import time
 
-
 from pw_ray import storage
 from pw_ray.config import ExperimentConfig
 from pw_ray.ingest import shards as S
+from pw_ray.pretrain.loader import ShardCatalog, read_catalog, shard_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,10 @@ ZERO = "zero"  # the random-encoder baseline
 STATE_FILE = "state.pt"
 #: Seconds between metric reports to Ray: its controller's poll interval (Ray Train V2 default 2 s).
 REPORT_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
+#: A worker warns when it waits for data longer than this share of its step time ...
+DATA_WAIT_WARN_SHARE = 0.05
+#: ... in this many reports in a row.
+DATA_WAIT_WARN_REPORTS = 3
 
 
 def run_dir(root: str, set_name: str) -> str:
@@ -86,7 +94,9 @@ def _build_model(config: dict):
     from pw_ray.models.satmae import build_mae
 
     return build_mae(config["preset"], config["bands"], config["groups"], img_size=config["img_size"],
-                     patch_size=config["patch_size"], norm_pix_loss=config["norm_pix_loss"])
+                     patch_size=config["patch_size"], norm_pix_loss=config["norm_pix_loss"],
+                     loss_pairing=config.get("loss_pairing", "official"),
+                     spatial_mask=config.get("spatial_mask", False))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -96,6 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from pw_ray.pretrain import step as St
+    from pw_ray.pretrain.loader import ChipStream, DataWaitMonitor
     from pw_ray.pretrain.metrics import MetricsLog, heap_mb, peak_rss_mb
 
     ctx = ray.train.get_context()
@@ -106,6 +117,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = _build_model(config).to(device)
     base_lr = St.effective_lr(config["blr"], config["batch_size"], config["accum_steps"], world)
     optimizer = St.make_optimizer(model, base_lr, config["weight_decay"])
+    autocast, scaler = St.mixed_precision(config.get("precision", "bf16"), device)
     step = epoch = batches_done = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
@@ -113,7 +125,10 @@ def train_loop_per_worker(config: dict) -> None:
             state = load_state(os.path.join(d, STATE_FILE), map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_in_epoch"]
+        batches_done = _resumed_batch(batches_done, state.get("world", world), world, rank)
         log.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, step, epoch, batches_done)
     start_step = last_ckpt_step = step
     if world > 1:
@@ -123,11 +138,11 @@ def train_loop_per_worker(config: dict) -> None:
     core = St.unwrap(model)
     mean = torch.tensor(config["mean"], dtype=torch.float32, device=device)
     std = torch.tensor(config["std"], dtype=torch.float32, device=device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
     total, accum = config["total_steps"], config["accum_steps"]
     global_batch = config["batch_size"] * accum * world
     metrics_log = MetricsLog(config["tensorboard_uri"]) if rank == 0 and config["tensorboard_uri"] else None
-    shard = ray.train.get_dataset_shard("train")
+    catalog = ShardCatalog.from_dict(config["shards"])
+    wait_monitor = DataWaitMonitor(DATA_WAIT_WARN_SHARE, DATA_WAIT_WARN_REPORTS)
     window = {"t": time.perf_counter(), "steps": 0, "loss": 0.0, "n": 0, "wait": 0.0}
     last_ray_report = float("-inf")
     peak_heap = heap_mb()  # sampled at every report: what the worker keeps between steps
@@ -143,23 +158,26 @@ def train_loop_per_worker(config: dict) -> None:
         now = time.perf_counter()
         due = checkpoint or now - last_ray_report >= config["report_interval_s"]
         peak_heap = max(peak_heap, heap_mb())
+        wait = window["wait"] / max(now - window["t"], 1e-9)  # share of the time blocked on the stream
+        check_data_wait(wait_monitor, rank, wait)
         # one collective: the mean loss over workers, rank 0's clock deciding for all ranks, and
-        # the largest memory of any worker
+        # the largest memory and data wait of any worker
         mine = torch.tensor([window["loss"] / max(window["n"], 1), float(due and rank == 0), peak_heap,
-                             peak_rss_mb()], device=device)
+                             peak_rss_mb(), wait], device=device)
         ranks = torch.stack(_all_gather(mine, world))
         loss, due = float(ranks[:, 0].mean()), bool(ranks[:, 1].max() > 0)
         metrics = {"step": step, "epoch": epoch, "start_step": start_step, "loss": loss,
                    "lr": St.lr_at(step - 1, total, config["warmup_steps"], base_lr),
                    "samples_per_s": window["steps"] * global_batch / max(now - window["t"], 1e-9),
-                   "data_wait_frac": window["wait"] / max(now - window["t"], 1e-9),  # time blocked on the stream
+                   "data_wait_frac": wait, "data_wait_frac_max": float(ranks[:, 4].max()),
                    # MiB, the largest over workers: private memory (RSS − SHR) at any report so far,
                    # and peak RSS, which also counts the object store pages a worker has read
                    "peak_heap_mb": float(ranks[:, 2].max()), "peak_rss_mb": float(ranks[:, 3].max())}
         window.update(t=now, steps=0, loss=0.0, n=0, wait=0.0)
         if metrics_log:
             metrics_log.write(step, {k: metrics[k] for k in ("loss", "lr", "samples_per_s", "data_wait_frac",
-                                                               "epoch", "peak_heap_mb", "peak_rss_mb")})
+                                                               "data_wait_frac_max", "epoch", "peak_heap_mb",
+                                                               "peak_rss_mb")})
         if checkpoint:
             last_ckpt_step = step
         if not due:
@@ -170,51 +188,81 @@ def train_loop_per_worker(config: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "epoch": epoch, "batches_in_epoch": batches_done, "config": config},
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "epoch": epoch, "batches_in_epoch": batches_done, "world": world,
+                        "config": {k: v for k, v in config.items() if k != "shards"}},
                        os.path.join(d, STATE_FILE))
             if metrics_log:
                 metrics_log.sync()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     while step < total and epoch < config["epochs"]:
-        batches = shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
-                                           local_shuffle_buffer_size=config["shuffle_buffer"] or None,
-                                           local_shuffle_seed=config["seed"] + epoch)
+        # this rank's batches of the epoch, from the first one not yet trained on (a resumed run
+        # continues at exactly the batch after its checkpoint's)
+        stream = ChipStream(catalog, batch_size=config["batch_size"], seed=config["seed"], epoch=epoch, rank=rank,
+                            world=world, shuffle_chips=config["shuffle_buffer"], start_batch=batches_done,
+                            read_threads=config["loader_threads"], prefetch_batches=config["prefetch_batches"],
+                            pin_memory=device.type == "cuda")  # the step syncs (loss.item()) before a batch is dropped
         optimizer.zero_grad(set_to_none=True)  # an epoch that ended mid-accumulation leaves no gradient behind
         micro = 0
         ready = time.perf_counter()
-        for b_idx, batch in enumerate(batches):
-            if b_idx < batches_done:  # resumed mid-epoch: skip as many batches as were trained on
-                continue
-            window["wait"] += time.perf_counter() - ready
-            out = St.train_step(model, batch["pixels"], optimizer, step=step,
-                                lr=St.lr_at(step, total, config["warmup_steps"], base_lr), mean=mean, std=std,
-                                mask_ratio=config["mask_ratio"], accum_steps=accum, micro_step=micro,
-                                grad_clip=config["grad_clip"], autocast_dtype=autocast)
-            window["loss"] += out["loss"]
-            window["n"] += 1
-            ready = time.perf_counter()
-            batches_done = b_idx + 1
-            micro = (micro + 1) % accum
-            if micro:
-                continue
-            step += 1
-            window["steps"] += 1
-            if step % config["checkpoint_every"] == 0 or step >= total:
-                report(checkpoint=True)
-            elif step % config["log_every"] == 0:
-                report(checkpoint=False)
-            if step >= total:
-                break
-            ready = time.perf_counter()
-        else:
-            epoch, batches_done = epoch + 1, 0
-            continue
-        break
+        with stream:
+            for b_idx, batch in enumerate(stream, start=batches_done):
+                window["wait"] += time.perf_counter() - ready
+                out = St.train_step(model, batch, optimizer, step=step,
+                                    lr=St.lr_at(step, total, config["warmup_steps"], base_lr), mean=mean, std=std,
+                                    mask_ratio=config["mask_ratio"], accum_steps=accum, micro_step=micro,
+                                    grad_clip=config["grad_clip"], autocast_dtype=autocast, scaler=scaler,
+                                    input_quantization=config.get("input_quantization", "uint8"))
+                window["loss"] += out["loss"]
+                window["n"] += 1
+                ready = time.perf_counter()
+                batches_done = b_idx + 1
+                micro = (micro + 1) % accum
+                if micro:
+                    continue
+                step += 1
+                window["steps"] += 1
+                if step % config["checkpoint_every"] == 0 or step >= total:
+                    report(checkpoint=True)
+                elif step % config["log_every"] == 0:
+                    report(checkpoint=False)
+                if step >= total:
+                    break
+                ready = time.perf_counter()
+        if step >= total:
+            break
+        epoch, batches_done = epoch + 1, 0
     if step > last_ckpt_step:  # the data ran out between checkpoints: keep what was trained
         report(checkpoint=True)
     if metrics_log:
         metrics_log.close()
+
+
+def check_data_wait(monitor, rank: int, wait: float) -> bool:
+    """Log a warning when rank ``rank``'s share of step time spent waiting for data (``wait``,
+    0–1, over the last reporting window) has stayed above :data:`DATA_WAIT_WARN_SHARE` for
+    :data:`DATA_WAIT_WARN_REPORTS` reports (once per such episode); True when it warned."""
+    if not monitor.update(wait):
+        return False
+    log.warning("pretrain rank %d waited for data %.0f %% of its step time in %d reports in a row (more than "
+                "%.0f %%): its loader does not keep up; raise train.loader_threads or train.cpus_per_worker",
+                rank, 100 * wait, DATA_WAIT_WARN_REPORTS, 100 * DATA_WAIT_WARN_SHARE)
+    return True
+
+
+def _resumed_batch(batches_done: int, saved_world: int, world: int, rank: int) -> int:
+    """The batch of its epoch a resumed rank starts at.
+
+    Exact with the checkpoint's world size. With another world size each rank's share of the
+    epoch is cut differently, so the rank starts at the same fraction of the epoch instead
+    (chips near the cut may be seen twice or not at all this epoch).
+    """
+    if saved_world == world:
+        return batches_done
+    log.warning("pretrain rank %d: checkpoint written by %d workers, resuming with %d: the rest of its epoch "
+                "is cut anew, resume is exact only with the same number of workers", rank, saved_world, world)
+    return batches_done * saved_world // world
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -229,48 +277,48 @@ def total_steps(cfg: ExperimentConfig, n_chips: int) -> int:
     return min(spe * t.epochs, t.max_steps) if t.max_steps else spe * t.epochs
 
 
-def loop_config(cfg: ExperimentConfig, set_name: str, n_chips: int, normalization: dict) -> dict:
-    """Everything a worker needs, as plain values (it is pickled to every worker and saved in checkpoints)."""
+def loop_config(cfg: ExperimentConfig, set_name: str, n_chips: int, normalization: dict,
+                catalog: ShardCatalog | None = None) -> dict:
+    """Everything a worker needs, as plain values (it is pickled to every worker and saved in
+    checkpoints, all but the shard catalog ``shards`` the workers read from)."""
     t, m = cfg.train, cfg.model
     spe = steps_per_epoch(n_chips, t.batch_size, t.num_workers, t.accum_steps)
     total = total_steps(cfg, n_chips)
     return dict(
         set_name=set_name, preset=m.preset, bands=list(cfg.chips.bands), groups=[list(g) for g in m.groups],
         img_size=cfg.chips.size_px, patch_size=m.patch_size, norm_pix_loss=m.norm_pix_loss,
-        mask_ratio=m.mask_ratio, blr=t.blr, weight_decay=t.weight_decay, batch_size=t.batch_size,
+        loss_pairing=m.loss_pairing, spatial_mask=m.spatial_mask, input_quantization=m.input_quantization,
+        precision=t.precision, use_gpu=t.use_gpu, mask_ratio=m.mask_ratio, blr=t.blr, weight_decay=t.weight_decay, batch_size=t.batch_size,
         accum_steps=t.accum_steps, epochs=t.epochs, total_steps=total,
         warmup_steps=int(t.warmup_epochs * spe), grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
         log_every=t.log_every, report_interval_s=REPORT_INTERVAL_S,
         seed=cfg.pretrain_set(set_name).seed if set_name != ZERO else 0,
         shuffle_buffer=min(t.shuffle_buffer, n_chips // 4), compile=t.compile,
+        loader_threads=t.loader_threads, prefetch_batches=t.prefetch_batches,
+        shards=catalog.to_dict() if catalog else None,
         mean=list(normalization["mean"]), std=list(normalization["std"]),
         tensorboard_uri=storage.resolve(tensorboard_dir(cfg.root, set_name)),
     )
 
 
-def _shards(cfg: ExperimentConfig, set_name: str):
-    """(pyarrow filesystem, paths in it, chip shape (C, H, W), number of chips) from Parquet footers only."""
+def shard_catalog(cfg: ExperimentConfig, set_name: str) -> ShardCatalog:
+    """The set's shard files with their row groups and chip shape: the listing and the footers,
+    read once per run (the workers plan every epoch from it)."""
     files = S.shard_files(cfg.root, set_name)
     if not files:
         raise FileNotFoundError(f"pretrain {set_name}: no shards under {cfg.root}/shards/{set_name}; run ingest first")
-    fs, _ = storage.filesystem(files[0])
-    paths = [storage.filesystem(f)[1] for f in files]
-    footers = S.shard_footers(files, set_name)  # an unreadable shard fails here, named, not in a Ray task
-    shape = S.footer_shape(footers[0])
-    n_chips = sum(f.num_rows for f in footers)
-    return fs, paths, shape, n_chips
+    return read_catalog(files, set_name)  # an unreadable shard fails here, named, not in a worker
 
 
-def pixel_dataset(cfg: ExperimentConfig, set_name: str, seed: int = 0):
-    """The set's chips as a streamed Ray Dataset of {"pixels": (N, C, H, W) uint16}: files shuffled
-    per epoch (seeded), read block by block, never loaded whole. Returns (dataset, shape, n_chips)."""
+def pixel_dataset(catalog: ShardCatalog):
+    """The set's chips as a streamed Ray Dataset of {"pixels": (N, C, H, W) uint16}, read block by
+    block, never loaded whole (one pass over the set on Ray Data tasks: the normalisation statistics)."""
     import ray
 
-    fs, paths, shape, n_chips = _shards(cfg, set_name)
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["pixels"],
-                               shuffle=ray.data.FileShuffleConfig(seed=seed))
-    ds = ds.map_batches(_pixels_to_numpy, fn_kwargs={"shape": shape}, batch_format="pyarrow", batch_size=256)
-    return ds, shape, n_chips
+    fs, paths = shard_filesystem(catalog.uris)
+    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(["pixels"])
+    return ds.map_batches(_pixels_to_numpy, fn_kwargs={"shape": catalog.shape}, batch_format="pyarrow",
+                          batch_size=256)
 
 
 def _batch_moments(batch) -> dict:
@@ -280,7 +328,7 @@ def _batch_moments(batch) -> dict:
     return {"n": [n], "mean": [mean.numpy()], "m2": [m2.numpy()]}
 
 
-def set_normalization(cfg: ExperimentConfig, set_name: str) -> dict:
+def set_normalization(cfg: ExperimentConfig, set_name: str, catalog: ShardCatalog | None = None) -> dict:
     """The per-band statistics of ``model.normalization`` for this set, as the export records them.
 
     ``fmow``: SatMAE's fMoW-Sentinel table. ``set``: mean and std of every pixel of the set's
@@ -297,8 +345,9 @@ def set_normalization(cfg: ExperimentConfig, set_name: str) -> dict:
     cache = storage.join(run_dir(cfg.root, set_name), "normalization.json")
     if storage.exists(cache):
         return json.loads(storage.read_text(cache))
-    ds, _, n_chips = pixel_dataset(cfg, set_name)
-    moments = ds.map_batches(_batch_moments, batch_format="numpy", batch_size=64)
+    catalog = catalog or shard_catalog(cfg, set_name)
+    n_chips = catalog.n_chips
+    moments = pixel_dataset(catalog).map_batches(_batch_moments, batch_format="numpy", batch_size=64)
     rows = ((int(r["n"]), torch.as_tensor(r["mean"]), torch.as_tensor(r["m2"])) for r in moments.iter_rows())
     mean, std = compute_stats(rows)
     norm = {"method": "clip mean±2std, then (x - (mean - 2std)) / (4std) -> [0, 1]",
@@ -309,16 +358,18 @@ def set_normalization(cfg: ExperimentConfig, set_name: str) -> dict:
     return norm
 
 
-def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per_worker):
+def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per_worker,
+                  catalog: ShardCatalog | None = None):
     """(TorchTrainer, loop config, normalisation) for one set, resuming its run dir if one exists.
 
-    ``train_loop`` replaces the worker loop (tests wrap it to inject faults or delays)."""
+    ``train_loop`` replaces the worker loop (tests wrap it to inject faults or delays);
+    ``catalog`` is the set's :func:`shard_catalog` when the caller has read it already."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    normalization = set_normalization(cfg, set_name)
-    ds, _, n_chips = pixel_dataset(cfg, set_name, seed=cfg.pretrain_set(set_name).seed)
-    lc = loop_config(cfg, set_name, n_chips, normalization)
+    catalog = catalog or shard_catalog(cfg, set_name)
+    normalization = set_normalization(cfg, set_name, catalog)
+    lc = loop_config(cfg, set_name, catalog.n_chips, normalization, catalog)
     t = cfg.train
     # On an object store Ray gets pw-ray's filesystem (endpoint, region), not one it makes from the URI.
     storage_path, storage_fs = storage.ray_storage(storage.join(cfg.root, "runs", "pretrain"))
@@ -334,7 +385,6 @@ def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_pe
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         ),
-        datasets={"train": ds},
     )
     return trainer, lc, normalization
 
@@ -347,7 +397,8 @@ def pretrain_set(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per
     """
     t = cfg.train
     summary_uri = storage.join(export_dir(cfg.root, set_name), "summary.json")
-    n_chips = _shards(cfg, set_name)[3]
+    catalog = shard_catalog(cfg, set_name)
+    n_chips = catalog.n_chips
     if n_chips < t.batch_size * t.num_workers * t.accum_steps:
         raise ValueError(f"pretrain {set_name}: {n_chips} chips cannot fill one step of train.batch_size "
                          f"{t.batch_size} × num_workers {t.num_workers} × accum_steps {t.accum_steps}")
@@ -356,9 +407,13 @@ def pretrain_set(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per
         if done.get("steps", 0) >= total_steps(cfg, n_chips):
             log.info("pretrain %s: encoder exported after %d steps, skipping", set_name, done["steps"])
             return done
-    trainer, lc, normalization = build_trainer(cfg, set_name, train_loop)
+    trainer, lc, normalization = build_trainer(cfg, set_name, train_loop, catalog)
     log.info("pretrain %s: %d steps on %d worker(s) → %s", set_name, lc["total_steps"], cfg.train.num_workers,
              run_dir(cfg.root, set_name))
+    from pw_ray.pretrain.step import recipe_variants
+
+    log.info("pretrain %s: SatMAE recipe variants (docs/pretrain.md, Fidelity to SatMAE): %s", set_name,
+             ", ".join(f"{k}={v}" for k, v in recipe_variants(lc).items()))
     t0 = time.perf_counter()
     result = trainer.fit()
     if result.error:
@@ -382,16 +437,23 @@ def export_from_checkpoint(cfg: ExperimentConfig, set_name: str, checkpoint, nor
         state = load_state(os.path.join(d, STATE_FILE))
     model = _build_model(state["config"])
     model.load_state_dict(state["model"])
-    _export(cfg, set_name, model, state["step"], normalization)
+    _export(cfg, set_name, model, state["step"], normalization, state["config"])
     return {"set": set_name, "steps": state["step"], "epoch": state["epoch"]}
 
 
-def _export(cfg: ExperimentConfig, set_name: str, model, step: int, normalization: dict) -> None:
-    """``export/encoder.pt`` + ``config.json`` (written last: a present config.json is a complete export)."""
-    from pw_ray.models.export import export_encoder
+def _export(cfg: ExperimentConfig, set_name: str, model, step: int, normalization: dict, run_config: dict) -> None:
+    """``export/encoder.pt`` + ``config.json`` (written last: a present config.json is a complete export).
 
+    ``run_config`` is the loop config the weights were trained with: the export records its
+    SatMAE recipe variants, and its input quantisation in ``normalization`` for every later embedding.
+    """
+    from pw_ray.models.export import export_encoder
+    from pw_ray.pretrain.step import recipe_variants
+
+    normalization = {**normalization, "quantize": run_config["input_quantization"]}
     extra = {"set": set_name, "steps": step, "normalization": normalization,
-             "mean": list(normalization["mean"]), "std": list(normalization["std"])}
+             "mean": list(normalization["mean"]), "std": list(normalization["std"]),
+             "recipe_variants": recipe_variants(run_config)}
     out = export_dir(cfg.root, set_name)
     with tempfile.TemporaryDirectory() as d:
         export_encoder(model, d, list(cfg.chips.bands), [list(g) for g in cfg.model.groups], extra)
@@ -412,15 +474,17 @@ def export_zero(cfg: ExperimentConfig, seed: int = 0) -> dict:
         return json.loads(storage.read_text(storage.join(out, "summary.json")))
     torch.manual_seed(seed)
     model = build_mae(cfg.model.preset, list(cfg.chips.bands), [list(g) for g in cfg.model.groups],
-                      img_size=cfg.chips.size_px, patch_size=cfg.model.patch_size)
-    _export(cfg, ZERO, model, 0, fmow_normalization(cfg.chips.bands))
+                      img_size=cfg.chips.size_px, patch_size=cfg.model.patch_size,
+                      loss_pairing=cfg.model.loss_pairing, spatial_mask=cfg.model.spatial_mask)
+    normalization = fmow_normalization(cfg.chips.bands)
+    _export(cfg, ZERO, model, 0, normalization, loop_config(cfg, ZERO, 0, normalization))
     summary = {"set": ZERO, "steps": 0, "final_loss": None, "n_chips": 0, "wall_s": 0.0}
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
-def load_encoder(root: str, set_name: str):
-    """Load an exported encoder (a module with ``embed``) and its config from storage."""
+def load_encoder(root: str, set_name: str, pooling: str = "mean_then_norm"):
+    """Load an exported encoder (a module with ``embed``, pooled as ``pooling`` says) and its config."""
     from pw_ray.models.standalone_loader import load_encoder as _load
 
     out = export_dir(root, set_name)
@@ -428,7 +492,7 @@ def load_encoder(root: str, set_name: str):
         for name in ("config.json", "encoder.pt"):
             with open(os.path.join(d, name), "wb") as f:
                 f.write(storage.read_bytes(storage.join(out, name)))
-        enc = _load(d)
+        enc = _load(d, pooling)
         with open(os.path.join(d, "config.json")) as f:
             conf = json.load(f)
     return enc, conf

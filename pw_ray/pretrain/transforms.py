@@ -1,8 +1,13 @@
 """Normalisation and augmentation of chip batches, on whatever device the batch lives on.
 
 Chips arrive as ``(B, C, H, W)`` uint16 reflectance ×1e4 in the model's band order. SatMAE
-normalises each band by clipping it to mean ± 2·std and scaling that range to [0, 1]; SatMAE
-then quantises to uint8, which we skip (the model sees the unquantised float).
+(``util/datasets.py``: ``SentinelNormalize``, then ``ToTensor``) scales each band's
+mean ± 2·std range to [0, 255], clips, truncates to uint8 and divides by 255;
+``quantize="uint8"`` does the same, ``"none"`` keeps the unquantised float in [0, 1].
+
+Augmentation is SatMAE's ``RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=BICUBIC)``
+then ``RandomHorizontalFlip()``, batched: torchvision's box rule (integer boxes) and PyTorch's
+bicubic resize of the cropped box, written as two small resampling matrices per sample.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pw_ray import bands as B
 
@@ -35,9 +39,25 @@ def stats_for(bands: Sequence[str], source: str = "fmow") -> tuple[torch.Tensor,
             torch.tensor([stds[b] for b in names], dtype=torch.float32))
 
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) uint16 or float → float32 in [0, 1]: clip to mean ± 2σ, map that range to [0, 1]."""
+#: ``uint8``: SatMAE's 256 levels (the official pipeline); ``none``: the unquantised float.
+QUANTIZATIONS: tuple[str, ...] = ("uint8", "none")
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, quantize: str = "none") -> torch.Tensor:
+    """(B, C, H, W) uint16 or float → float32 in [0, 1]: clip to mean ± 2σ, map that range to [0, 1].
+
+    ``quantize="uint8"``: SatMAE's ``floor(clip(255·(x − lo)/(hi − lo), 0, 255)) / 255`` with
+    ``lo, hi = mean ∓ 2σ``, computed in float64 as numpy does there (so the levels match).
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantize {quantize!r}; allowed: {', '.join(QUANTIZATIONS)}")
     x = torch.as_tensor(x)
+    if quantize == "uint8":
+        mean = torch.as_tensor(mean, dtype=torch.float64, device=x.device)[None, :, None, None]
+        std = torch.as_tensor(std, dtype=torch.float64, device=x.device)[None, :, None, None]
+        lo, hi = mean - 2 * std, mean + 2 * std
+        level = ((x.to(torch.float64) - lo) / (hi - lo) * 255.0).clamp(0, 255).floor()
+        return level.to(torch.float32) / 255
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device)[None, :, None, None]
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device)[None, :, None, None]
     lo, hi = mean - 2 * std, mean + 2 * std
@@ -85,10 +105,11 @@ def compute_stats(batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _crop_boxes(b: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
                 generator: torch.Generator | None, device, attempts: int = 10) -> torch.Tensor:
-    """(B, 4) boxes ``(top, left, h, w)`` in pixels, torchvision's RandomResizedCrop rule, batched.
+    """(B, 4) int64 boxes ``(top, left, h, w)``: torchvision's ``RandomResizedCrop.get_params``, batched.
 
-    Up to ``attempts`` (area, aspect) draws per sample; the first that fits is used, otherwise a
-    central crop of the clamped aspect. Boxes are continuous (sub-pixel) rather than rounded.
+    Up to ``attempts`` (area, aspect) draws per sample, sides rounded to whole pixels; the first
+    that fits is used, its corner drawn uniformly among the whole-pixel positions; otherwise a
+    central crop of the clamped aspect.
     """
     def rand(*shape):
         return torch.rand(*shape, generator=generator, device=device, dtype=torch.float64)
@@ -97,52 +118,87 @@ def _crop_boxes(b: int, height: int, width: int, scale: tuple[float, float], rat
     log_r = (math.log(ratio[0]), math.log(ratio[1]))
     target = area * (scale[0] + (scale[1] - scale[0]) * rand(b, attempts))
     aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * rand(b, attempts))
-    w = torch.sqrt(target * aspect)
-    h = torch.sqrt(target / aspect)
-    fits = (w <= width) & (h <= height)
+    w = torch.round(torch.sqrt(target * aspect))  # half to even, as Python's round
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = torch.argmax(fits.to(torch.int8), dim=1)  # first fitting attempt (0 if none)
     w = w.gather(1, first[:, None])[:, 0]
     h = h.gather(1, first[:, None])[:, 0]
 
     in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, width / ratio[0]
-    elif in_ratio > ratio[1]:
-        fw, fh = height * ratio[1], height
+    if in_ratio < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fw, fh = round(height * max(ratio)), height
     else:
         fw, fh = width, height
     ok = fits.any(dim=1)
     w = torch.where(ok, w, torch.full_like(w, fw))
     h = torch.where(ok, h, torch.full_like(h, fh))
     u = rand(b, 2)
-    top = torch.where(ok, u[:, 0] * (height - h), (height - h) / 2)
-    left = torch.where(ok, u[:, 1] * (width - w), (width - w) / 2)
-    return torch.stack([top, left, h, w], dim=1)
+    top = torch.where(ok, torch.floor(u[:, 0] * (height - h + 1)), torch.full_like(h, (height - fh) // 2))
+    left = torch.where(ok, torch.floor(u[:, 1] * (width - w + 1)), torch.full_like(w, (width - fw) // 2))
+    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
+
+
+def _cubic(t: torch.Tensor, a: float = -0.75) -> torch.Tensor:
+    """(…,) fractional offsets → (…, 4) weights of the taps at −1, 0, +1, +2 (PyTorch's bicubic, A = −0.75)."""
+    def near(x):  # |x| ≤ 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=-1)
+
+
+def resize_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
+                  interpolation: str = "bicubic") -> torch.Tensor:
+    """(B, out_size, in_size) float64 weights resizing each sample's ``[start, start + length)`` to ``out_size``.
+
+    Row ``o`` samples the crop at ``(o + 0.5)·length/out_size − 0.5`` with PyTorch's
+    ``interpolate(…, align_corners=False)`` kernels (bicubic A = −0.75, or bilinear), taps past
+    the crop's edge clamped to it, as when the crop is cut out first and then resized.
+    """
+    start = start.to(torch.float64)[:, None]
+    length = length.to(torch.float64)[:, None]
+    real = (torch.arange(out_size, dtype=torch.float64, device=start.device)[None] + 0.5) * (length / out_size) - 0.5
+    if interpolation == "bicubic":
+        x0 = torch.floor(real)
+        taps = x0[..., None] + torch.arange(-1, 3, dtype=torch.float64, device=start.device)
+        weights = _cubic(real - x0)
+    elif interpolation == "bilinear":
+        real = real.clamp(min=0)
+        x0 = torch.minimum(torch.floor(real), length - 1)
+        lam = (real - x0).clamp(0, 1)
+        taps = torch.stack([x0, torch.minimum(x0 + 1, length - 1)], dim=-1)
+        weights = torch.stack([1 - lam, lam], dim=-1)
+    else:
+        raise ValueError(f"unknown interpolation {interpolation!r}; allowed: bicubic, bilinear")
+    taps = torch.minimum(taps.clamp(min=0), (length - 1)[..., None]) + start[..., None]
+    out = torch.zeros(*real.shape, in_size, dtype=torch.float64, device=start.device)
+    return out.scatter_add_(2, taps.to(torch.int64), weights)
 
 
 def random_resized_crop_flip(x: torch.Tensor, size: int = 96, scale: tuple[float, float] = (0.2, 1.0),
                              ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                             generator: torch.Generator | None = None, flip_p: float = 0.5) -> torch.Tensor:
-    """(B, C, H, W) float → (B, C, size, size): a random box per sample, resized, maybe mirrored.
+                             generator: torch.Generator | None = None, flip_p: float = 0.5,
+                             interpolation: str = "bicubic") -> torch.Tensor:
+    """(B, C, H, W) float → (B, C, size, size): SatMAE's RandomResizedCrop then RandomHorizontalFlip.
 
-    One ``grid_sample`` call on the batch's device: each sample's box and horizontal flip become
-    an affine map from output to input coordinates (bilinear, half-pixel centres, so values stay
-    within the input's range). Random numbers come from ``generator`` (on its device) when
-    given. Boxes never exceed the chip, so with ``size`` = chip size nothing is downsampled and
-    no antialiasing is needed.
+    Each sample gets torchvision's box (see :func:`_crop_boxes`), resized as
+    ``interpolate(crop, size, mode=interpolation, align_corners=False)`` would (no antialiasing,
+    as torchvision 0.12 on tensors in SatMAE's environment), and is mirrored with probability
+    ``flip_p``; all on the batch's device as two batched matrix products. Bicubic can overshoot
+    the input's range, as it does in SatMAE. Random numbers come from ``generator`` (on its
+    device) when given.
     """
     b, _, height, width = x.shape
     device = generator.device if generator is not None else x.device
     top, left, h, w = _crop_boxes(b, height, width, scale, ratio, generator, device).unbind(1)
     flip = torch.rand(b, generator=generator, device=device) < flip_p
-    sign = torch.where(flip, -1.0, 1.0).to(torch.float64)
-
-    # normalised coords: x_in = sx·x_out + cx with sx = w/W, cx the box centre in [-1, 1]
-    theta = torch.zeros(b, 2, 3, dtype=torch.float64, device=device)
-    theta[:, 0, 0] = sign * w / width
-    theta[:, 0, 2] = (2 * left + w) / width - 1
-    theta[:, 1, 1] = h / height
-    theta[:, 1, 2] = (2 * top + h) / height - 1
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    rows = resize_matrix(top, h, height, size, interpolation)
+    cols = resize_matrix(left, w, width, size, interpolation)
+    cols = torch.where(flip[:, None, None], cols.flip(1), cols)  # output column j ← size − 1 − j
+    rows, cols = rows.to(device=x.device, dtype=x.dtype), cols.to(device=x.device, dtype=x.dtype)
+    return torch.einsum("bih,bchw,bjw->bcij", rows, x, cols)

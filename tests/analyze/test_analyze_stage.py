@@ -27,7 +27,7 @@ def external_run(tiny_run, tmp_path_factory):
     cfg, _ = tiny_run
     tmp = tmp_path_factory.mktemp("external-run")
     root = tmp / "root"
-    for part in ("shards", "manifest", "points", "results"):  # what analyze and report read
+    for part in ("shards", "manifest", "points", "tasks", "results"):  # what analyze and report read
         shutil.copytree(Path(storage.local_path(storage.join(cfg.root, part))), root / part)
     csv = tmp / "external.csv"
     csv.write_text(EXTERNAL_CSV, encoding="utf-8")

@@ -143,3 +143,37 @@ def test_external_report_embeds_the_same_figures(external_report):
     parser = _Collector()
     parser.feed(external_report.read_text(encoding="utf-8"))
     assert len(parser.imgs) == 10 and parser.errors == []
+
+
+def _audit(exclusion: bool, within: int) -> pd.DataFrame:
+    return pd.DataFrame({
+        "pretrain_set": ["eu", "af"], "task": ["landcover", "landcover"], "split": ["test", "test"],
+        "exclusion": [exclusion] * 2, "distance_m": [699.0] * 2, "n_pretrain": [96, 96], "n_held_out": [40, 40],
+        "min_distance_m": [812.4, 120.0 if within else 901.0], "p01_distance_m": [830.0, 150.0 if within else 950.0],
+        "median_distance_m": [5e6, 4e6], "n_held_out_within": [0, within], "n_pretrain_within": [0, within],
+        "replaced": pd.array([12, 3] if exclusion else [None, None], dtype="Int64"),
+    })
+
+
+def test_report_without_exclusion_says_so_on_its_first_page(tmp_path):
+    index = R.write_report(tmp_path, results=make_results(), diversity=None, correlations=None,
+                           leakage=_audit(False, 2), exclusion_m=0.0)
+    readme = _readme(index)
+    first_page = readme.split("## Main results")[0]
+    assert "Exclusion was off (plan.exclusion_m = 0)" in first_page
+    assert "counts 2 (pretraining set, test chip) pairs with a test chip within 699 m" in first_page
+    assert "| af | landcover | test | 40 | 120 | 150 | 4000000 | 2 | 2 | – |" in readme.split("## Leakage audit")[1]
+
+
+def test_report_with_exclusion_shows_the_audit_table(tmp_path):
+    index = R.write_report(tmp_path, results=make_results(), diversity=None, correlations=None,
+                           leakage=_audit(True, 0), exclusion_m=699.0)
+    readme = _readme(index)
+    assert "Exclusion was off" not in readme
+    assert "planned more than 699 m from every held-out task point; the audit finds 0 test chips" in (
+        readme.split("## Main results")[0])
+    section = readme.split("## Leakage audit")[1].split("\n## ")[0]
+    assert ("| pretraining set | task | split | held-out chips | min (m) | 1st pct (m) | median (m) | "
+            "held-out within | pretraining within | replaced at plan |") in section
+    assert "| eu | landcover | test | 40 | 812 | 830 | 5000000 | 0 | 0 | 12 |" in section
+    assert "Leakage audit" in index.read_text(encoding="utf-8")

@@ -30,8 +30,9 @@ EVAL_CONFIG = {
     "chips": {"size_px": 16, "chunk_size": 64},
     "model": {"preset": "tiny", "patch_size": 8},
     "tasks": [
-        {"name": "landcover", "kind": "synthetic-landcover", "size": 66, "seed": 11},
-        {"name": "population", "kind": "synthetic-population", "size": 66, "seed": 12},
+        # random: the chips are written straight to shards here, not planned with a split
+        {"name": "landcover", "kind": "synthetic-landcover", "size": 66, "seed": 11, "split": "random"},
+        {"name": "population", "kind": "synthetic-population", "size": 66, "seed": 12, "split": "random"},
     ],
     "evaluation": {"methods": ["knn", "linear"], "seeds": [0], "task_regions": ["global", "oc"],
                    "min_subset": 10, "knn_k": 5, "max_concurrent": 2, "finetune_epochs": 1},

@@ -98,6 +98,27 @@ def test_a_new_checkpoint_invalidates_cached_embeddings_and_results(eval_cfg):
     assert not storage.exists(G.cell_uri(eval_cfg.root, cell))
 
 
+def test_another_pooling_invalidates_cached_embeddings_and_results(eval_cfg):
+    from pw_ray import lineage
+
+    uri = EMB.compute_embeddings(eval_cfg.root, "europe", "landcover")  # the default, mean_then_norm
+    ids, satmae = EMB.read_embeddings(eval_cfg.root, "europe", "landcover")
+    ev = eval_cfg.evaluation.model_dump()
+    cell = _cell(eval_cfg)
+    row = G.evaluate_cell(eval_cfg.root, cell, ev)
+    row["lineage"] = G.expected_records(eval_cfg.root, [cell], ev)[G.cell_id(cell)]
+    storage.write_text(G.cell_uri(eval_cfg.root, cell), json.dumps(row, default=G._json_default))
+    assert G.drop_stale_results(eval_cfg.root, [cell], ev) == []
+
+    EMB.compute_embeddings(eval_cfg.root, "europe", "landcover", pooling="norm_then_mean")
+    assert lineage.of_parquet(uri)["inputs"]["pooling"] == "norm_then_mean"
+    ids2, mae = EMB.read_embeddings(eval_cfg.root, "europe", "landcover")
+    assert list(ids2) == list(ids) and np.abs(mae - satmae).max() > 0.1
+    # SatMAE's head standardises each vector; the pretrained norm's output does not
+    np.testing.assert_allclose(satmae.mean(axis=1), 0, atol=1e-4)
+    assert G.drop_stale_results(eval_cfg.root, [cell], dict(ev, pooling="norm_then_mean")) == [G.cell_id(cell)]
+
+
 def test_recompute_mode_gives_the_cached_result(eval_cfg):
     _embed_all(eval_cfg)
     ev = eval_cfg.evaluation.model_dump()

@@ -186,5 +186,7 @@ def test_index_tasks_in_flight_follow_the_cluster_but_not_past_the_request_budge
     # … an explicit chips.ingest_parallelism too (more tasks would only wait for leases) …
     assert P.index_parallelism(1000, 1000, 500, 2) == 2 * cap
     # … and without a limit (in-memory catalogs make no requests) the cluster decides alone.
-    assert P.index_parallelism(1000, 1000, None, None) == P.ingest_parallelism(1000, 1000)
+    assert P.index_parallelism(1000, 1000, None, None) == P.ingest_parallelism(1000, 1000) == 1000
+    assert P.index_parallelism(5000, 0, None, None, max_cpus=320) == 320
+    assert P.index_parallelism(5000, 0, None, 8, max_cpus=320) == 8 * cap
     assert P.index_parallelism(3, 2, None, 8) == P.ingest_parallelism(3, 2) == 3

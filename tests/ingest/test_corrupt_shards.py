@@ -61,10 +61,10 @@ def test_pretraining_reader_names_the_truncated_shard_before_streaming(tmp_path)
 
     cfg = parse_config(dict(TINY_CONFIG, root=str(tmp_path / "root")))
     uris = _write_shards(cfg.root, "europe", chunks=3)
-    assert T._shards(cfg, "europe")[3] == 12  # all readable: 3 × 4 chips
+    assert T.shard_catalog(cfg, "europe").n_chips == 12  # all readable: 3 × 4 chips
     _truncate(uris[2])
     with pytest.raises(S.CorruptShardError) as e:
-        T._shards(cfg, "europe")
+        T.shard_catalog(cfg, "europe")
     _assert_names_file_set_and_repair(e.value, uris[2], "europe")
 
 

@@ -60,3 +60,18 @@ def test_standalone_loader_reproduces_embeddings_without_pw_ray(tmp_path):
     with torch.no_grad():
         expected = model.embed(x)
     torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=0)
+
+
+def test_loader_pools_like_the_model_with_either_pooling(tmp_path):
+    from pw_ray.models.standalone_loader import POOLINGS, load_encoder
+
+    model = _tiny()
+    export_encoder(model, tmp_path / "export", B.SATMAE_BANDS, B.SATMAE_GROUPS, {})
+    x = torch.rand(2, 10, 96, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for pooling in POOLINGS:
+            encoder = load_encoder(tmp_path / "export", pooling)
+            torch.testing.assert_close(encoder.embed(x), model.embed(x, pooling=pooling), atol=1e-5, rtol=0)
+    satmae_head = load_encoder(tmp_path / "export").fc_norm  # default: SatMAE's fresh, trainable fc_norm
+    assert satmae_head.weight.requires_grad and torch.equal(satmae_head.weight, torch.ones(96))
+    assert not hasattr(load_encoder(tmp_path / "export", "norm_then_mean"), "fc_norm")

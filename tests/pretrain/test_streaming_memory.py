@@ -2,13 +2,12 @@
 
 The same one-worker, one-epoch run on a small set and on a set 11 times larger, the shards
 written directly (random pixels, no ingest). The measure is the worker's heap as Ray defines
-it (RSS − SHR, ``peak_heap_mb``): its peak RSS also counts the object store pages it has read,
-which belong to the node's store and grow with the set here, because Ray Data reads ahead into
-a store larger than the whole set.
+it (RSS − SHR, ``peak_heap_mb``): the worker reads the shards itself (``pw_ray.pretrain.loader``),
+so everything it holds (decoded row groups, shuffle windows, batches ready ahead) is its own.
 
-The small set holds a whole decode block (256 chips, see ``pixel_dataset``) and the shuffle
-buffer is fixed, so the buffers a worker legitimately holds are the same in both runs; 64 px
-chips keep those blocks (20 MiB) small next to the tolerance.
+The shuffle window is fixed and the small set (two files of one 128-chip row group each)
+already fills the loader's read-ahead, so the buffers a worker legitimately holds are about
+the same in both runs; 64 px chips keep a row group (10 MiB) small next to the tolerance.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ of the same shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -85,14 +87,32 @@ def _steps_by_file(root: Path, tag: str = "loss") -> list[list[int]]:
     return list(by_file.values())
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
 def run(shards_root, tmp_path_factory):
     """One 12-step run with statistics of the set; what it left, captured before anyone resumes it."""
     root = _root_with_shards(shards_root, tmp_path_factory.mktemp("run"))
     cfg = parse_config(_config(root, "set", max_steps=12))
+    records, logger = _Records(), logging.getLogger(T.__name__)
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
     t0 = time.perf_counter()
-    summary = T.pretrain_set(cfg, SET)
+    try:
+        summary = T.pretrain_set(cfg, SET)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
     return {"cfg": cfg, "root": root, "summary": summary, "wall_s": time.perf_counter() - t0,
+            "log": [r.getMessage() for r in records.records],
             "checkpoint_steps": [_ckpt_step(p) for p in _checkpoints(root)],
             "scalars": read_scalars(str(root / "runs" / "pretrain" / SET / "tensorboard"))}
 
@@ -147,6 +167,19 @@ def test_export_reproduces_the_checkpoints_embeddings(run):
     assert conf["steps"] == state["step"]
 
 
+def test_run_logs_and_exports_the_satmae_recipe_variants_it_used(run):
+    conf = json.loads((run["root"] / "runs" / "pretrain" / SET / "export" / "config.json").read_text())
+    variants = conf["recipe_variants"]
+    assert {k: variants[k] for k in ("loss_pairing", "mask", "kept_tokens", "input_quantization", "precision",
+                                     "norm_pix_loss", "patch_embed_bias_init")} == {
+        "loss_pairing": "official", "mask": "independent", "kept_tokens": "int(N*(1-mask_ratio))",
+        "input_quantization": "uint8", "precision": "fp32 (CPU workers)", "norm_pix_loss": False,
+        "patch_embed_bias_init": "Conv2d default"}
+    assert conf["normalization"]["quantize"] == "uint8"  # every later embedding quantises as pretraining did
+    line = next(m for m in run["log"] if "SatMAE recipe variants" in m)
+    assert "loss_pairing=official" in line and "mask=independent" in line and "input_quantization=uint8" in line
+
+
 def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(run):
     """A restarted driver (same root, same run name) continues; it does not start over."""
     cfg = parse_config(_config(run["root"], "set", max_steps=18))
@@ -155,6 +188,18 @@ def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(run):
     first, second = _steps_by_file(run["root"])[:2]
     assert first[-1] == 12 and second[0] == 13
     assert T.pretrain_set(cfg, SET)["steps"] == 18  # done: a third call skips
+
+
+def test_a_worker_warns_when_it_waits_for_data_more_than_5_percent_of_its_steps(caplog):
+    from pw_ray.pretrain.loader import DataWaitMonitor
+
+    monitor = DataWaitMonitor(T.DATA_WAIT_WARN_SHARE, T.DATA_WAIT_WARN_REPORTS)
+    with caplog.at_level("WARNING", logger=T.__name__):
+        warned = [T.check_data_wait(monitor, 1, share) for share in (0.04, 0.12, 0.08, 0.3, 0.2, 0.05)]
+    assert warned == [False, False, False, True, False, False]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "pretrain rank 1 waited for data 30 % of its step time in 3 reports in a row (more than 5 %): its loader "
+        "does not keep up; raise train.loader_threads or train.cpus_per_worker"]
 
 
 def _alive_train_worker_pids() -> list[int]:
@@ -212,6 +257,57 @@ def test_a_killed_worker_costs_at_most_one_checkpoint_interval(shards_root, tmp_
     resumed_from, lost = runs[1][0] - 1, runs[0][-1] - (runs[1][0] - 1)
     assert resumed_from == registered and 0 <= lost <= 5
     assert runs[1][-1] == 15 and out["summary"]["start_step"] == 5
+
+
+def _loop_recording_batches(record_dir: str):
+    """The real worker loop; each step appends (step, digests of its chips) to ``rank<r>.jsonl``."""
+    def loop(config):
+        import hashlib
+
+        import ray.train
+
+        from pw_ray.pretrain import step as St
+        from pw_ray.pretrain.trainer import train_loop_per_worker
+
+        real, rank = St.train_step, ray.train.get_context().get_world_rank()
+
+        def recording_step(model, batch, *args, **kwargs):
+            chips = [hashlib.sha1(c.numpy().tobytes()).hexdigest() for c in batch]
+            with open(os.path.join(record_dir, f"rank{rank}.jsonl"), "a") as f:
+                f.write(json.dumps({"step": kwargs["step"], "chips": chips}) + "\n")
+            return real(model, batch, *args, **kwargs)
+
+        St.train_step = recording_step
+        train_loop_per_worker(config)
+    return loop
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_at_exactly_the_batch_after_its_checkpoint(shards_root, tmp_path):
+    """Stopped at step 5 of a 12-step epoch, then resumed: every rank trains on exactly the
+    batches one uninterrupted epoch gives it, each chip once."""
+    from pw_ray.pretrain.loader import ChipStream
+
+    root, record = _root_with_shards(shards_root, tmp_path), tmp_path / "batches"
+    record.mkdir()
+    loop = _loop_recording_batches(str(record))
+    assert T.pretrain_set(parse_config(_config(root, max_steps=5, checkpoint_every=5)), SET, loop)["steps"] == 5
+    resumed = T.pretrain_set(parse_config(_config(root, max_steps=9, checkpoint_every=5)), SET, loop)
+    assert (resumed["start_step"], resumed["steps"]) == (5, 9)
+
+    cfg = parse_config(_config(root))
+    catalog = T.shard_catalog(cfg, SET)
+    lc = T.loop_config(cfg, SET, catalog.n_chips, {"mean": [0.0], "std": [1.0]}, catalog)
+    trained = []
+    for rank in range(2):
+        rows = [json.loads(line) for line in (record / f"rank{rank}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(9)), "each step trained once, none repeated"
+        stream = ChipStream(catalog, batch_size=2, seed=lc["seed"], epoch=0, rank=rank, world=2,
+                            shuffle_chips=lc["shuffle_buffer"])
+        epoch = [[hashlib.sha1(c.numpy().tobytes()).hexdigest() for c in b] for b in stream]
+        assert [r["chips"] for r in rows] == epoch[:9]
+        trained += sum((r["chips"] for r in rows), [])
+    assert len(set(trained)) == len(trained) == 2 * 9 * 2
 
 
 @pytest.mark.slow
