@@ -337,7 +337,8 @@ def run_size(args: dict) -> dict:
     with stage("analyze"):
         table, _ = diversity_table({f"{name}-sub": files})
     chips = int(table["n_chips"].iloc[0])
-    out.update(shard_chips=summary.ok, analyze_chips=chips,
+    out.update(shard_chips=summary.ok, shard_failed=summary.failed, shard_skipped=summary.skipped,
+               shard_top_failures=summary.top_failures, analyze_chips=chips,
                analyze_chips_per_s=chips / sec["analyze"] if sec["analyze"] else float("nan"),
                analyze_chips_per_s_per_core=chips / sec["analyze"] / args["cores"])
     rss.stop()
@@ -531,6 +532,9 @@ def main(argv=None) -> int:
         "stage_cpu_s_700k": {s: round(fits[s]["cpu_700k"], 1) for s in STAGES},
         "index_task_cpu_s": [r["index_task_cpu_s"] for r in rows],
         "shard_chips": [r["shard_chips"] for r in rows],
+        "shard_failed": [r["shard_failed"] for r in rows],
+        "shard_top_failures": [r["shard_top_failures"] for r in rows],
+        "index_ok_skipped_failed": [[r["ok"], r["skipped"], r["failed"]] for r in rows],
         "shard_task_stage_s": [r["shard_stage_s"] for r in rows],
         "index_search_share": round(sum(r["index_search_s"] for r in rows)
                                     / max(1e-9, sum(r["index_search_s"] + r["index_screen_s"] for r in rows)), 3),

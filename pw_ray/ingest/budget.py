@@ -230,6 +230,12 @@ def budget_name(key: str, limits: BudgetLimits) -> str:
     return f"{ACTOR_PREFIX}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
 
 
+#: The budget actors this process made, by name. A non-detached actor lives while the handle its
+#: maker got is referenced (a handle found by name does not keep it alive): kept here, the
+#: budget lives as long as the driver, i.e. the job, however many searchers come and go.
+_MADE_HERE: dict[str, object] = {}
+
+
 def shared_budget(key: str, limits: BudgetLimits):
     """The job's budget for ``key``: the named actor (made on first use, found afterwards), or a
     :class:`LocalBudget` when Ray is not running.
@@ -244,9 +250,13 @@ def shared_budget(key: str, limits: BudgetLimits):
     if not ray.is_initialized():
         return LocalBudget(limits)
     name = budget_name(key, limits)
-    actor = (ray.remote(_BudgetActor)
-             .options(name=name, get_if_exists=True, num_cpus=0, max_concurrency=10_000)
-             .remote(limits))
+    try:
+        actor = ray.get_actor(name)
+    except ValueError:  # not made yet in this job (or its maker is gone): make it here
+        actor = (ray.remote(_BudgetActor)
+                 .options(name=name, get_if_exists=True, num_cpus=0, max_concurrency=10_000)
+                 .remote(limits))
+        _MADE_HERE[name] = actor
     return RayBudget(actor, name, limits)
 
 

@@ -33,7 +33,7 @@ import shapely
 from shapely.geometry import Point, box, shape
 
 from pw_ray import storage
-from pw_ray.ingest.budget import BudgetedAdapter, BudgetLimits, LocalBudget, mount, shared_budget
+from pw_ray.ingest.budget import BudgetedAdapter, BudgetLimits, LocalBudget, RayBudget, mount, shared_budget
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +339,8 @@ class ApiSearch(_CellSearch):
     def share_budget(self):
         """One budget for every copy of this searcher in the Ray job (a named actor; a process-
         local budget without Ray). Call on the driver before handing the searcher to tasks."""
+        if isinstance(self._budget, RayBudget):  # shared already (an earlier set of this job)
+            return self._budget
         self._budget = shared_budget(self.url, self.limits)
         self._client, self._local, self._adapters = None, threading.local(), []
         return self._budget

@@ -190,3 +190,26 @@ def test_index_tasks_in_flight_follow_the_cluster_but_not_past_the_request_budge
     assert P.index_parallelism(5000, 0, None, None, max_cpus=320) == 320
     assert P.index_parallelism(5000, 0, None, 8, max_cpus=320) == 8 * cap
     assert P.index_parallelism(3, 2, None, 8) == P.ingest_parallelism(3, 2) == 3
+
+
+def test_the_jobs_budget_outlives_the_handles_of_earlier_sets(ray_session):
+    """Each set's index shares the budget again; dropping the first handle must not end the actor
+    (a handle found by name does not keep a non-detached actor alive)."""
+    import gc
+
+    from pw_ray.ingest.budget import RayBudget, shared_budget
+    from pw_ray.ingest.search import ApiSearch
+
+    limits = BudgetLimits(max_concurrent=3)
+    first = shared_budget("http://127.0.0.1:9/budget-lifetime", limits)
+    lease = first.acquire()
+    second = shared_budget("http://127.0.0.1:9/budget-lifetime", limits)
+    assert isinstance(second, RayBudget) and second.name == first.name
+    del first
+    gc.collect()
+    time.sleep(1.0)  # an actor without an owning handle would be gone by now
+    second.release(lease)
+    assert second.stats()["granted"] == 1
+    search = ApiSearch("http://127.0.0.1:9/budget-lifetime", "c", "2023-01-01/2023-12-31", 50, 5,
+                       max_concurrent_requests=3)
+    assert search.share_budget().name == second.name and search.share_budget() is search.budget
