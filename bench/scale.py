@@ -202,9 +202,12 @@ class RssSampler:
                     return int(line.split()[1]) / 1024
         return 0.0
 
+    def sample(self):
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), self.rss_mb())
+
     def _run(self):
         while not self._stop.is_set():
-            self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), self.rss_mb())
+            self.sample()
             time.sleep(0.02)
 
     def stop(self):
@@ -286,9 +289,11 @@ def run_size(args: dict) -> dict:
 
         def __enter__(self):
             rss.stage = self.key
+            rss.sample()  # a stage shorter than the sampling period has its samples too
             self.t, self.c, self.tree = time.perf_counter(), time.process_time(), tree_cpu_s()
 
         def __exit__(self, *exc):
+            rss.sample()
             sec[self.key] = time.perf_counter() - self.t
             cpu[self.key] = time.process_time() - self.c
             tree[self.key] = tree_cpu_s() - self.tree
@@ -395,7 +400,7 @@ def figure(rows: list[dict], fits: dict, target: int, path: str) -> None:
     bx.plot(x / 1000, mem, "o-", label="driver peak RSS (process)")
     stage = fits["driver_peak_mb"].get("stage")
     if stage:
-        sm = np.array([r["stage_peak_mb"][stage] for r in rows])
+        sm = np.array([r["stage_peak_mb"].get(stage, np.nan) for r in rows])
         bx.plot(x / 1000, sm, "o--", color="C1", label=f"driver RSS in {stage}")
         bx.plot([x[-1] / 1000, target / 1000], [sm[-1], fits["driver_peak_mb"]["line"]], ":", color="C1")
     bx.axhline(4096, color="C3", lw=0.8, label="goal 4 GB")
