@@ -583,8 +583,8 @@ def _print_table(rows: list[dict], fits: dict, target: int) -> None:
           + " ".join(f"{fits[s]['slope']:>9.2f}" for s in STAGES))
     print(f"{target:>8} {'':>6} {'':>7} {fits['driver_peak_mb']['line']:>9.0f} "
           + " ".join(f"{fits[s]['value']:>9.1f}" for s in STAGES))
-    print("analyze chips/s per core: " + ", ".join(f"{r['analyze_chips_per_s_per_core']:.0f} ({r['analyze_chips']} chips)"
-                                                    for r in rows))
+    print("analyze chips/s per core: "
+          + ", ".join(f"{r['analyze_chips_per_s_per_core']:.0f} ({r['analyze_chips']} chips)" for r in rows))
 
 
 if __name__ == "__main__":

@@ -162,9 +162,9 @@ def dataset_card(cfg: ExperimentConfig, set_name: str, *, config_digest: str,
         "config_digest": config_digest,
         "written": _now(),
         "sampling": {
-            "method": "uniform on land (area-correct on the sphere) inside each continent's geometry"
-                      + (", restricted to the archive's scene footprints" if cfg.stac.kind == "synthetic" else "")
-                      + "; counts per continent by largest-remainder rounding of the weights (pw_ray.plan)",
+            "method": _sampling_method(cfg, spec),
+            "strategy": spec.strategy,
+            **({"candidates": spec.candidates, "signature_px": spec.signature_px} if spec.strategy != "random" else {}),
             "region": spec.region,
             "weights": spec.weights(),
             "size": spec.size,
@@ -229,6 +229,17 @@ def _share_rows(counts: Mapping[str, int], names: Mapping[str, str] | None = Non
     return [((names or {}).get(k, k), v, f"{100 * v / total:.1f} %") for k, v in counts.items()]
 
 
+def _sampling_method(cfg, spec) -> str:
+    """How a set's points were chosen, in one sentence (without its final full stop)."""
+    uniform = ("uniform on land (area-correct on the sphere) inside each continent's geometry"
+               + (", restricted to the archive's scene footprints" if cfg.stac.kind == "synthetic" else ""))
+    if spec.strategy == "random":
+        return uniform + "; counts per continent by largest-remainder rounding of the weights (pw_ray.plan)"
+    return (f"spectral-diverse: {spec.candidates} × size candidate points drawn {uniform}, then per continent "
+            "the candidates of highest spectral entropy (analyze's \"hist\", estimated from the COGs' overviews at "
+            f"{spec.signature_px} px per chip), as many as the weights give (pw_ray.diverse); not a random sample")
+
+
 def render_dataset_card(card: dict) -> str:
     """The README.md of a dataset card (YAML front matter for Hugging Face ``datasets``)."""
     s, src, c, ex = card["sampling"], card["source"], card["counts"], card["sampling"]["exclusion"]
@@ -241,7 +252,9 @@ def render_dataset_card(card: dict) -> str:
              f"Experiment `{card['experiment']}`, config digest `{card['config_digest']}`, card written "
              f"{card['written']}. Machine-readable: `card.json` beside this file.\n",
              "## Sampling\n", s["method"] + ".\n",
-             _table([("region", json.dumps(s["region"])), ("weights", json.dumps(s["weights"])),
+             _table([("strategy", s.get("strategy", "random")
+                      + (f" ({s['candidates']} candidates per point)" if "candidates" in s else "")),
+                     ("region", json.dumps(s["region"])), ("weights", json.dumps(s["weights"])),
                      ("size (points)", s["size"]), ("seed", s["seed"]),
                      ("minimum spacing", f"{s['min_spacing_m']:g} m"),
                      ("exclusion", f"on: {ex['exclusion_m']:.0f} m from every {'/'.join(ex['exclude_splits'])} "

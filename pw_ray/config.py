@@ -48,6 +48,14 @@ class PretrainSet(_Strict):
     region: str | dict[str, float]
     size: int = Field(gt=0, description="number of chips")
     seed: int = 0
+    strategy: Literal["random", "spectral-diverse"] = Field(
+        "random", description="how the points are chosen: random (uniform on land, the paper's way) or "
+                              "spectral-diverse (a pool of candidates × size points drawn the random way, a cheap "
+                              "spectral signature per candidate from the COGs' overviews, and the size points of "
+                              "highest spectral entropy kept, per continent; docs/plan-and-ingest.md)")
+    candidates: int = Field(8, ge=2, le=1000, description="spectral-diverse: candidate points per chosen point")
+    signature_px: int = Field(12, ge=2, le=256, description="spectral-diverse: side in pixels of a candidate's "
+                                                            "signature read, e.g. 12 reads a 96 px chip at 80 m")
 
     @field_validator("region")
     @classmethod
@@ -64,6 +72,15 @@ class PretrainSet(_Strict):
         if sum(v.values()) <= 0:
             raise ValueError("region mix weights must sum to > 0")
         return v
+
+    @model_validator(mode="after")
+    def _diverse_only(self):
+        if self.strategy == "random":
+            given = sorted({"candidates", "signature_px"} & self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to strategy: spectral-diverse only; set it or remove "
+                                 f"{'them' if len(given) > 1 else 'it'}")
+        return self
 
     def weights(self) -> dict[str, float]:
         """Normalised continent weights of this set."""

@@ -37,13 +37,15 @@ def _digest(cfg: ExperimentConfig) -> str:
 
 def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
     """What a stage's "done" marker stands for: the config, and for plan and ingest the inputs
-    that live outside it (the bytes of labelled-point files; the lineage of each set's points and
-    the names of its shard files), so that an edited points file, a re-planned set or a deleted
-    shard re-enters the stage."""
+    that live outside it (the bytes of labelled-point files and which points files exist; the
+    lineage of each set's points and the names of its shard files), so that an edited points
+    file, a deleted points file, a re-planned set or a deleted shard re-enters the stage."""
     extra = []
     if stage == "plan":
+        # ... and which sets' points exist: a points file deleted by hand re-enters the stage.
         extra = [lineage.bytes_digest(storage.read_bytes(t.path)) if storage.exists(t.path) else None
                  for t in cfg.tasks if t.kind == "points"]
+        extra.append([storage.exists(points_uri(cfg, name)) for name, _, _ in _point_sets(cfg)])
     elif stage == "ingest":
         from pw_ray.ingest import shards as S
 
@@ -163,6 +165,8 @@ def points_record(cfg: ExperimentConfig, kind: str, spec, exclusion: dict | None
               "biome_path": cfg.stac.biome_path, "landcover": cfg.stac.landcover}
     if cfg.stac.kind == "synthetic":  # sampling stays inside the archive's scenes, half a chip in
         inputs["coverage"] = {"synthetic": cfg.stac.synthetic, "chip_m": cfg.chips.size_px * cfg.chips.resolution_m}
+    if kind == "pretrain" and spec.strategy != "random":  # chosen by signatures: what decides them
+        inputs["signatures"] = signature_inputs(cfg)
     if kind == "task" and spec.kind == "points":
         inputs["file"] = lineage.bytes_digest(storage.read_bytes(spec.path))
         inputs["max_off_continent"] = cfg.chips.max_failed_fraction
@@ -175,8 +179,66 @@ def points_record(cfg: ExperimentConfig, kind: str, spec, exclusion: dict | None
     return lineage.record(inputs)
 
 
+def signature_inputs(cfg: ExperimentConfig) -> dict:
+    """What decides the candidates' signatures of a spectral-diverse set besides its spec: the
+    search, the chip fields that decide a chip's scene and window, and analyze's bins."""
+    from pw_ray.ingest.search import stac_lineage
+    from pw_ray.ingest.signatures import SIGNATURE_VERSION
+
+    chips = {k: getattr(cfg.chips, k) for k in ("bands", "size_px", "resolution_m", "max_cloud_fraction",
+                                                "max_nodata_fraction")}
+    out = {"version": SIGNATURE_VERSION, "stac": stac_lineage(cfg.stac), "chips": chips,
+           "spectral_bins": cfg.analysis.spectral_bins}
+    if cfg.stac.kind == "synthetic":  # its COGs (their overviews) change with the generator's format
+        from pw_ray.synthetic import FORMAT_VERSION
+
+        out["archive_format"] = FORMAT_VERSION
+    return out
+
+
 def points_uri(cfg: ExperimentConfig, name: str) -> str:
     return storage.join(cfg.root, "points", f"{name}.parquet")
+
+
+def candidates_uri(cfg: ExperimentConfig, name: str) -> str:
+    """The candidate pool of a spectral-diverse set, with signatures and what was chosen."""
+    return storage.join(cfg.root, "candidates", f"{name}.parquet")
+
+
+def plan_diverse(cfg: ExperimentConfig, spec, src: Source, rec: dict, force: bool = False, *,
+                 held_out: pd.DataFrame | None = None, exclusion_m: float = 0.0):
+    """The labelled points of a spectral-diverse set and the pool's candidates the exclusion
+    replaced (a :class:`pw_ray.plan.Sampled`). The pool is drawn ``exclusion_m`` from ``held_out``
+    before any signature or selection; the pool and its signatures are stored in
+    ``candidates/<set>.parquet`` with the points' lineage, and reused from there when it matches
+    (a points file lost, or a plan killed after the signatures)."""
+    from pw_ray.diverse import candidate_pool, plan_diverse_set, points_from_candidates
+    from pw_ray.ingest.signatures import signature_table
+    from pw_ray.plan import Sampled, label_points
+
+    uri = candidates_uri(cfg, spec.name)
+    if lineage.why_redo(lineage.of_parquet(uri), rec, force) is None:
+        _say(f"plan {spec.name}: candidate signatures reused (inputs unchanged)")
+        # Drawing the pool again is cheap (no reads) and gives the exclusion's count per continent.
+        replaced = candidate_pool(spec, src.coverage, cfg.chips.min_spacing_m, held_out=held_out,
+                                  exclusion_m=exclusion_m).replaced
+        points = points_from_candidates(storage.read_table(uri).to_pandas(), spec.name)
+        return Sampled(label_points(points, src.biome_path, src.landcover), replaced)
+
+    def signatures(pool: pd.DataFrame) -> pd.DataFrame:
+        return signature_table(pool, src.searcher, src.adapter, cfg.chips, spec.signature_px,
+                               cfg.analysis.spectral_bins)
+
+    t0 = time.perf_counter()
+    built = plan_diverse_set(spec, signatures, src.coverage, cfg.chips.min_spacing_m, held_out=held_out,
+                             exclusion_m=exclusion_m)
+    table = built.candidates
+    storage.write_table(lineage.attach(pa.Table.from_pandas(table, preserve_index=False), rec), uri)
+    ok = table["score"].notna()
+    _say(f"plan {spec.name}: {len(table)} candidates, {int(ok.sum())} with a signature "
+         f"({time.perf_counter() - t0:.0f}s); mean signature entropy {table.loc[table['chosen'], 'score'].mean():.3f} "
+         f"nats chosen vs {table.loc[ok, 'score'].mean():.3f} over the candidates")
+    return Sampled(label_points(built.points, src.biome_path, src.landcover), built.replaced)
 
 
 def _task_points(cfg: ExperimentConfig, spec, src: Source) -> pd.DataFrame:
@@ -270,8 +332,11 @@ def plan(cfg: ExperimentConfig, force: bool = False, src: Source | None = None) 
             _say(f"plan {s.name}: points reused (inputs unchanged)")
             continue
         src_ = get_source()
-        planned = plan_set_away(s, src_.coverage, cfg.chips.min_spacing_m, biome_path=src_.biome_path,
-                                landcover=src_.landcover, held_out=held, exclusion_m=exclusion)
+        if s.strategy != "random":  # the pool keeps away from held-out points, then the signatures choose
+            planned = plan_diverse(cfg, s, src_, rec, force, held_out=held, exclusion_m=exclusion)
+        else:
+            planned = plan_set_away(s, src_.coverage, cfg.chips.min_spacing_m, biome_path=src_.biome_path,
+                                    landcover=src_.landcover, held_out=held, exclusion_m=exclusion)
         storage.write_table(lineage.attach(pa.Table.from_pandas(planned.points, preserve_index=False), rec), uri)
         record["sets"][s.name] = {**away, "replaced": int(sum(planned.replaced.values())),
                                   "replaced_by_region": planned.replaced}

@@ -10,12 +10,50 @@ def _with(**changes):
     return d
 
 
-def test_demo_config_loads_and_has_all_seven_sets(tmp_path):
+def test_demo_config_loads_and_has_the_seven_sets_and_the_diverse_one(tmp_path):
     from pw_ray.cli import DEMO_CONFIG
 
     cfg = load_config(DEMO_CONFIG, {"root": str(tmp_path)})
-    assert [s.region for s in cfg.pretrain_sets] == ["af", "as", "eu", "na", "oc", "sa", "global"]
+    assert [s.region for s in cfg.pretrain_sets] == ["af", "as", "eu", "na", "oc", "sa", "global", "global"]
+    assert [s.strategy for s in cfg.pretrain_sets] == ["random"] * 7 + ["spectral-diverse"]
+    diverse, glob = cfg.pretrain_set("diverse"), cfg.pretrain_set("global")
+    assert diverse.size == glob.size and diverse.candidates == 8
     assert cfg.root == str(tmp_path)
+
+
+def test_strategy_defaults_to_random_and_names_its_allowed_values():
+    cfg = parse_config(_with())
+    assert {s.strategy for s in cfg.pretrain_sets} == {"random"}
+    sets = [dict(TINY_CONFIG["pretrain_sets"][0], strategy="greedy")]
+    with pytest.raises(ConfigError, match=r"pretrain_sets\[0\]\.strategy: Input should be 'random' or "
+                                          r"'spectral-diverse'"):
+        parse_config(_with(pretrain_sets=sets))
+
+
+def test_builder_options_on_a_random_set_are_refused_by_name():
+    sets = [dict(TINY_CONFIG["pretrain_sets"][0], candidates=4)]
+    with pytest.raises(ConfigError, match=r"pretrain_sets\[0\]: candidates apply to strategy: spectral-diverse only"):
+        parse_config(_with(pretrain_sets=sets))
+    sets = [dict(TINY_CONFIG["pretrain_sets"][0], strategy="spectral-diverse", candidates=1)]
+    with pytest.raises(ConfigError, match=r"pretrain_sets\[0\]\.candidates: Input should be greater than or equal to 2"):
+        parse_config(_with(pretrain_sets=sets))
+
+
+def test_a_changed_strategy_changes_the_points_lineage():
+    from pw_ray.experiment import points_record
+
+    cfg = parse_config(_with())
+    plain = cfg.pretrain_set("global")
+    diverse = plain.model_copy(update={"strategy": "spectral-diverse"})
+    a, b = points_record(cfg, "pretrain", plain), points_record(cfg, "pretrain", diverse)
+    assert a["digest"] != b["digest"]
+    assert "signatures" not in a["inputs"]
+    # A diverse set's points also depend on what decides its signatures.
+    assert b["inputs"]["signatures"]["spectral_bins"] == cfg.analysis.spectral_bins
+    assert b["inputs"]["signatures"]["chips"]["size_px"] == cfg.chips.size_px
+    more = parse_config(_with(analysis={**TINY_CONFIG["analysis"], "spectral_bins": 8}))
+    assert points_record(more, "pretrain", diverse)["digest"] != b["digest"]
+    assert points_record(more, "pretrain", plain)["digest"] == a["digest"]
 
 
 def test_global_weights_are_equal_sixths():

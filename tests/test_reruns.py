@@ -63,6 +63,17 @@ def test_plan_replans_a_set_whose_size_changed_and_keeps_the_others(tmp_path, ca
     assert "plan mix: --force → 20 points planned" in capsys.readouterr().out
 
 
+def test_a_deleted_points_file_reenters_the_done_plan(tmp_path, capsys):
+    cfg = _cfg(tmp_path / "root")
+    E.plan(cfg)
+    assert E.stage_done(cfg, "plan")
+    storage.remove(E.points_uri(cfg, "mix"))
+    assert not E.stage_done(cfg, "plan")
+    E.plan(cfg)
+    assert "plan mix: not built yet → 20 points planned" in capsys.readouterr().out
+    assert E.stage_done(cfg, "plan")
+
+
 def test_plan_reuses_points_whose_inputs_are_unchanged(tmp_path, capsys):
     root = tmp_path / "root"
     cfg = _cfg(root)

@@ -50,7 +50,11 @@ def test_tune_trials_get_no_aws_credentials_in_their_runtime_env(monkeypatch):
 
     from pw_ray.runtime import keep_credentials_out_of_tune
 
-    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE))
+    from pw_ray.runtime import CREDENTIAL_VARS
+
+    # Tune's own list (a grid run earlier in this test session has already taken the keys out).
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE",
+                        set(class_cache.ENV_VARS_TO_PROPAGATE) | set(CREDENTIAL_VARS))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPWRAYTEST")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "pwray-not-a-real-secret")
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")

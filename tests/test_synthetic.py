@@ -105,6 +105,24 @@ def test_cogs_are_tiled_with_the_items_crs_and_dtype(items):
                 assert list(src.transform)[:6] == asset["proj:transform"]
 
 
+def test_cogs_carry_overviews_down_to_160_m_averaged_and_scl_nearest(items):
+    it = items[0]
+    for key, levels in (("B04", [2, 4, 8, 16]), ("B05", [2, 4, 8]), ("B01", [2]), (B.SCL, [2, 4, 8])):
+        with rasterio.open(it["assets"][key]["href"]) as src:
+            assert src.overviews(1) == levels, key
+    with rasterio.open(it["assets"]["B04"]["href"]) as src:
+        full = src.read(1).astype(np.float64)
+    with rasterio.open(it["assets"]["B04"]["href"], overview_level=1) as src:  # factor 4: 40 m
+        ov = src.read(1).astype(np.float64)
+    block_means = full.reshape(48, 4, 48, 4).mean(axis=(1, 3))
+    valid = (full.reshape(48, 4, 48, 4) > 0).all(axis=(1, 3))  # blocks without no-data pixels
+    assert np.abs(ov - block_means)[valid].max() <= 1.0
+    with rasterio.open(it["assets"][B.SCL]["href"]) as src:
+        classes = set(np.unique(src.read(1)).tolist())
+    with rasterio.open(it["assets"][B.SCL]["href"], overview_level=2) as src:
+        assert set(np.unique(src.read(1)).tolist()) <= classes  # nearest: no averaged class codes
+
+
 def test_item_ids_are_unique_and_shaped_like_planetary_computers(items):
     pattern = re.compile(r"^S2[AB]_MSIL2A_2023\d{4}T\d{6}_R\d{3}_T\d{2}[C-X][A-Z]{2}_\d{8}T\d{6}$")
     ids = [it["id"] for it in items]

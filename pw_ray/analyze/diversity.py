@@ -114,9 +114,11 @@ def _bin_index(x: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
     return idx
 
 
-def spectral_entropy_hist_batch(chips, bins: int = 16,
-                                value_range: tuple[float, float] = (0, REFLECTANCE_SCALE)) -> np.ndarray:
-    """Per-chip spectral entropy, variant "hist", of ``(N, C, H, W)`` chips → ``(N,)`` nats."""
+def band_histograms(chips, bins: int = 16,
+                    value_range: tuple[float, float] = (0, REFLECTANCE_SCALE)) -> np.ndarray:
+    """Per-chip, per-band value counts of variant "hist": ``(N, C, H, W)`` chips → ``(N, C, bins)``
+    int64 counts (steps 1 of the module docstring: fixed range, equal-width bins, the top value in
+    the last bin). :func:`hist_entropy` turns them into the chips' spectral entropies."""
     chips = _check_chips(chips, 4)
     if bins < 2:
         raise ValueError(f"bins must be ≥ 2, got {bins}")
@@ -126,15 +128,30 @@ def spectral_entropy_hist_batch(chips, bins: int = 16,
     n, c = chips.shape[:2]
     # uint8/uint16 chips: one table lookup per value instead of clip, scale, floor and cast.
     table = _uint16_bins(bins, lo, hi) if chips.dtype in (np.uint8, np.uint16) else None
-    out = np.empty(n, dtype=np.float64)
+    out = np.empty((n, c, bins), dtype=np.int64)
     for start in range(0, n, _CHUNK):
         x = chips[start:start + _CHUNK].reshape(-1, c, chips.shape[2] * chips.shape[3])
         idx = table[x] if table is not None else _bin_index(x.astype(np.float64), bins, lo, hi)
         b = x.shape[0]
         # One bincount for all (chip, band) pairs: offset each pair's bins.
         idx += (np.arange(b * c, dtype=np.intp) * bins).reshape(b, c, 1)
-        counts = np.bincount(idx.ravel(), minlength=b * c * bins).reshape(b, c, bins)
-        out[start:start + b] = _entropy_rows(counts).mean(axis=1)
+        out[start:start + b] = np.bincount(idx.ravel(), minlength=b * c * bins).reshape(b, c, bins)
+    return out
+
+
+def hist_entropy(counts) -> np.ndarray:
+    """Spectral entropy, variant "hist", from per-band counts ``(..., C, bins)`` → ``(...)`` nats:
+    the mean over bands of each band's Shannon entropy (steps 2–3 of the module docstring)."""
+    return _entropy_rows(counts).mean(axis=-1)
+
+
+def spectral_entropy_hist_batch(chips, bins: int = 16,
+                                value_range: tuple[float, float] = (0, REFLECTANCE_SCALE)) -> np.ndarray:
+    """Per-chip spectral entropy, variant "hist", of ``(N, C, H, W)`` chips → ``(N,)`` nats."""
+    counts = band_histograms(chips, bins, value_range)
+    out = np.empty(counts.shape[0], dtype=np.float64)
+    for start in range(0, counts.shape[0], _CHUNK):  # bounded (chunk, C, bins) float temporaries
+        out[start:start + _CHUNK] = hist_entropy(counts[start:start + _CHUNK])
     return out
 
 

@@ -27,7 +27,12 @@ from pw_ray.synthetic.stac import (LC_COLLECTION, S2_COLLECTION, ArchiveInfo, ar
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output changes, so old archives are rebuilt.
-FORMAT_VERSION = 1
+#: 2: internal overviews on the Sentinel-2 assets (the pixels at full resolution are unchanged).
+FORMAT_VERSION = 2
+#: The Sentinel-2 COGs carry internal overviews down to this resolution (metres), like the public
+#: catalogs' COGs: reads of a chip's footprint at a coarse level (the cheap spectral signatures of
+#: ``pw_ray.ingest.signatures``) touch a block or two instead of the full-resolution ones.
+OVERVIEW_COARSEST_M = 160
 
 
 def build_archive(out_dir: str | Path, spec: SyntheticArchive, progress: bool = False) -> ArchiveInfo:
@@ -82,17 +87,28 @@ def load_archive(out_dir: str | Path) -> ArchiveInfo:
     return archive_info(root, int(meta["n_items"]))
 
 
-def _write_cog(path: Path, array: np.ndarray, epsg: int, transform: Affine, block_px: int = 256) -> None:
-    """Write a one-band COG atomically: deflate, no overviews, ``block_px`` tiles for grids at
-    least that large, else 256 px (128 for grids of 256 px or less)."""
+def overview_levels(res_m: float, coarsest_m: float = OVERVIEW_COARSEST_M) -> int:
+    """Internal overview levels (factors 2, 4, …) of a ``res_m`` asset down to ``coarsest_m``:
+    4 for 10 m (20 … 160 m), 3 for 20 m, 1 for 60 m."""
+    return max(0, int(np.floor(np.log2(coarsest_m / res_m) + 1e-9)))
+
+
+def _write_cog(path: Path, array: np.ndarray, epsg: int, transform: Affine, block_px: int = 256,
+               overviews: int = 0, overview_resampling: str = "AVERAGE") -> None:
+    """Write a one-band COG atomically: deflate, ``block_px`` tiles for grids at least that large,
+    else 256 px (128 for grids of 256 px or less), and ``overviews`` internal overview levels
+    (factors 2, 4, …, each at least 1 px; GDAL computes them, deterministically, with
+    ``overview_resampling``: AVERAGE for reflectance, NEAREST for class maps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     side = max(array.shape)
     block = block_px if side >= block_px else (256 if side > 256 else 128)
+    levels = min(int(overviews), int(np.floor(np.log2(min(array.shape))))) if overviews > 0 else 0
+    ov = ({"overviews": "IGNORE_EXISTING", "overview_count": levels, "overview_resampling": overview_resampling}
+          if levels else {"overviews": "NONE"})
     with rasterio.open(
         tmp, "w", driver="COG", width=array.shape[1], height=array.shape[0], count=1, dtype=array.dtype.name,
-        crs=f"EPSG:{epsg}", transform=transform, nodata=0, compress="DEFLATE", predictor=2, blocksize=block,
-        overviews="NONE",
+        crs=f"EPSG:{epsg}", transform=transform, nodata=0, compress="DEFLATE", predictor=2, blocksize=block, **ov,
     ) as dst:
         dst.write(array, 1)
     os.replace(tmp, path)
@@ -108,7 +124,8 @@ def _build_scene(root: Path, scene: Scene, spec: SyntheticArchive) -> tuple[dict
         res = B.resolution(key)
         transform = Affine(res, 0, x0, 0, -res, y0)
         href = root / "cogs" / scene.item_id / f"{key}.tif"
-        _write_cog(href, arrays[key], scene.epsg, transform, spec.block_px)
+        _write_cog(href, arrays[key], scene.epsg, transform, spec.block_px, overview_levels(res),
+                   "NEAREST" if key == B.SCL else "AVERAGE")
         assets[key] = band_asset(key, href, arrays[key].shape, transform, scene.baseline)
 
     lc_id = f"lc-{scene.item_id}"

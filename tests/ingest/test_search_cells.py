@@ -32,7 +32,8 @@ def _catalog(seed=0, n=40):
         x0, y0, side = rng.uniform(9.6, 11.2), rng.uniform(44.7, 45.6), rng.uniform(0.2, 0.6)
         cc = float(rng.choice([0.0, 5.0, 12.5])) if k % 4 == 0 else round(float(rng.uniform(0, 60)), 1)
         day = 1 + int(rng.integers(0, 364))
-        when = (pd.Timestamp("2023-01-01", tz="UTC") + pd.Timedelta(days=day - 1, hours=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = pd.Timestamp("2023-01-01", tz="UTC") + pd.Timedelta(days=day - 1, hours=10)
+        when = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         items.append(_square(x0, y0, side, f"S{k:03d}", cc, when))
     return items
 
