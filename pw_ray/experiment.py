@@ -384,7 +384,7 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
         else:
             s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover,
                            force=force, retry_failed=retry_failed)
-        summaries[name] = s.__dict__
+        summaries[name] = s.record()
         for line in s.reuse_lines():
             _say(f"ingest {line}")
         _say(f"ingest {s.line()}")

@@ -3,11 +3,12 @@
 All reads of one scene go through :func:`read_scene_chips`, which opens each asset once and
 reads every chip window of that scene from it, so GDAL's block cache decodes each COG block
 once for all the chips that need it. 20 m and 60 m bands are resampled onto the 10 m chip grid
-(bilinear by default, nearest for SCL).
+(bilinear by default, nearest for SCL), no data kept apart from data (:data:`NODATA_RULE`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -234,23 +235,69 @@ def read_grouped(windows: list[tuple[int, int]], size_px: int, read,
     return out
 
 
+#: How no data is read (part of a chunk's lineage: stored chunks read by another rule are rewritten).
+NODATA_RULE = "0 where the nearest source pixel is no data; resampled from valid source pixels only"
+
+#: GDAL type names of the raster types read here (for :func:`declare_nodata`'s VRT).
+_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
+               "float32": "Float32", "float64": "Float64"}
+
+
+def declare_nodata(ds, nodata: float):
+    """``ds`` (band 1) seen through a VRT that declares ``nodata``: for a raster that declares
+    none, so that GDAL's resampling leaves its no-data pixels out as it does for one that does.
+    """
+    from xml.sax.saxutils import escape
+
+    dtype = _GDAL_TYPES[ds.dtypes[0]]
+    bh, bw = ds.block_shapes[0]
+    size = f'xOff="0" yOff="0" xSize="{ds.width}" ySize="{ds.height}"'
+    xml = (f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">'
+           f'<GeoTransform>{", ".join(repr(v) for v in ds.transform.to_gdal())}</GeoTransform>'
+           f'<VRTRasterBand dataType="{dtype}" band="1"><NoDataValue>{nodata!r}</NoDataValue><SimpleSource>'
+           f'<SourceFilename relativeToVRT="0">{escape(ds.name)}</SourceFilename><SourceBand>1</SourceBand>'
+           f'<SourceProperties RasterXSize="{ds.width}" RasterYSize="{ds.height}" DataType="{dtype}" '
+           f'BlockXSize="{bw}" BlockYSize="{bh}"/><SrcRect {size}/><DstRect {size}/>'
+           f'</SimpleSource></VRTRasterBand></VRTDataset>')
+    return rasterio.open(xml)
+
+
 def read_band_windows(href: str, windows: list[tuple[int, int]], size_px: int, res: float,
                       resampling: Resampling, dtype=np.uint16, retries: int = 3,
-                      max_union_ratio: float = MAX_UNION_RATIO) -> np.ndarray:
-    """Read one asset at several 10 m chip windows → (N, size, size) resampled to 10 m.
+                      max_union_ratio: float = MAX_UNION_RATIO, nodata: float | None = 0) -> np.ndarray:
+    """Read one asset at several 10 m chip windows → (N, size, size) resampled to 10 m, 0 = no data.
 
     Windows close together (overlapping or adjacent chips of one scene) are read as one
     rectangle, so each COG block is decoded and resampled once for all of them.
+
+    No data never mixes with data. A 10 m pixel is 0 exactly where the source pixel under its
+    centre (nearest) is no data, and a valid 10 m pixel is resampled from valid source pixels
+    only (GDAL's resampling leaves out the pixels the raster declares no data; a raster that
+    declares none is read with ``nodata``, DN 0 by default, declared through a VRT). Without
+    this, bilinear gives the no-data side of a strip edge its valid neighbour's value, and the
+    valid side a mix with 0. ``nodata=None``: the raster's own declaration only.
     """
 
     def run():
         out = np.zeros((len(windows), size_px, size_px), dtype=dtype)
-        with open_raster(href) as ds:
+        with contextlib.ExitStack() as stack:
+            ds = stack.enter_context(open_raster(href))
             factor = abs(ds.transform.a) / res
+            resampled = factor != 1 and resampling != Resampling.nearest
+            if resampled and ds.nodata is None and nodata is not None:
+                ds = stack.enter_context(declare_nodata(ds, nodata))
+            nd = ds.nodata
 
             def read(r0, c0, h, w):  # one GDAL read (and resampling) for a whole group
-                return ds.read(1, window=Window(c0 / factor, r0 / factor, w / factor, h / factor),
-                               out_shape=(h, w), resampling=resampling, boundless=False)
+                win = Window(c0 / factor, r0 / factor, w / factor, h / factor)
+                px = ds.read(1, window=win, out_shape=(h, w), resampling=resampling, boundless=False)
+                if nd is None:
+                    return px
+                if resampled:  # no data where the source pixel under the output pixel is no data
+                    px[ds.read(1, window=win, out_shape=(h, w), resampling=Resampling.nearest) == nd] = 0
+                elif nd != 0:
+                    px[px == nd] = 0
+                return px
 
             for i, chip in enumerate(read_grouped(windows, size_px, read, max_union_ratio)):
                 out[i] = chip
@@ -269,12 +316,20 @@ class SceneChips:
 
     @property
     def cloud_fraction(self) -> np.ndarray:
-        return np.isin(self.scl, B.SCL_CLOUDY).mean(axis=(1, 2)).astype(np.float32)
+        """(N,) float32: share of each chip's pixels that SCL calls cloud, cirrus or shadow
+        (computed on each access: read it once per scene)."""
+        return _CLOUDY[self.scl].mean(axis=(1, 2), dtype=np.float32)
 
     @property
     def nodata_fraction(self) -> np.ndarray:
+        """(N,) float32: share of each chip's pixels that are no data in SCL or in any band."""
         nodata = (self.scl == B.SCL_NODATA) | (self.pixels == 0).any(axis=1)
-        return nodata.mean(axis=(1, 2)).astype(np.float32)
+        return nodata.mean(axis=(1, 2), dtype=np.float32)
+
+
+#: SCL class → cloudy? (a lookup table: one gather instead of a set membership test per pixel).
+_CLOUDY = np.zeros(256, dtype=bool)
+_CLOUDY[list(B.SCL_CLOUDY)] = True
 
 
 def harmonise(dn: np.ndarray, offset: int) -> np.ndarray:
@@ -324,6 +379,6 @@ def read_scene_chips(item: dict, adapter: CatalogAdapter, windows: list[tuple[in
 
 __all__ = [
     "GDAL_CLOUD_OPTIONS", "gdal_env", "cachemax_bytes", "SceneGrid", "scene_grid", "chip_window",
-    "open_raster", "retrying", "read_grouped", "read_band_windows", "SceneChips", "harmonise", "read_scl",
-    "read_scene_chips",
+    "open_raster", "retrying", "read_grouped", "declare_nodata", "read_band_windows", "SceneChips", "harmonise",
+    "read_scl", "read_scene_chips", "NODATA_RULE",
 ]

@@ -1,4 +1,4 @@
-"""The ingest stage on Ray Data: points → chip index → chips grouped by scene → shards → manifest.
+"""The ingest stage on Ray: points → chip index → chips grouped by scene → shards → manifest.
 
 1. **Index** (``index/<set>.parquet``): scenes searched per cell (one paged search per
    ``stac.search_cell_deg`` cell and season for all its points, within the job's STAC request
@@ -10,7 +10,8 @@
    ``index/<set>-items.parquet`` (no signed URLs).
 2. **Chunks**: kept chips are sorted by (region, scene, window) and whole scenes packed into
    chunks of at most ``chips.chunk_size``; a chunk's chips come from few scenes.
-3. **Shards**: one Ray task per chunk reads its scenes and writes
+3. **Shards**: one plain Ray task per chunk (:mod:`pw_ray.ingest.workpool`, largest chunk first,
+   a bounded number in flight) reads its scenes and writes
    ``shards/<set>/parquet/<r>/<set>-<r>-<chunk>.parquet`` (+ ``shards/<set>/wds/…tar``)
    atomically with :func:`pw_ray.ingest.chunks.write_chunk`, reusing a stored chunk only when its
    lineage matches; shards of chunks no longer planned are removed.
@@ -48,6 +49,7 @@ from pw_ray.ingest.chunks import write_chunk as write_any_chunk
 from pw_ray.ingest.failures import PERMANENT, TRANSIENT, budget_error, failure_kind, retryable, top_reasons
 from pw_ray.ingest.landcover import LandcoverSource
 from pw_ray.ingest.search import CELL_DEG, cell_bbox, search_cells
+from pw_ray.ingest.workpool import occupancy, run_bounded
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,17 @@ class IngestSummary:
     #: The three most common failure reasons with counts.
     top_failures: list = field(default_factory=list)
     skip_reasons: list = field(default_factory=list)
+    #: How the shard tasks ran: :func:`workpool.occupancy`, plus ``start``/``end``/``wall_s``
+    #: (driver, Unix seconds), ``slots`` and ``task_times`` (a :class:`workpool.TaskTime` per
+    #: task); empty when no chunk was planned.
+    shard_tasks: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """The summary as JSON-ready fields (for ``_stages/ingest.json``): the shard tasks'
+        aggregates without their per-task times."""
+        out = dict(self.__dict__)
+        out["shard_tasks"] = {k: v for k, v in self.shard_tasks.items() if k != "task_times"}
+        return out
 
     def line(self) -> str:
         fails = ""
@@ -431,7 +444,7 @@ def index_inputs(points: pd.DataFrame, source: dict, spec: ChipSpec) -> dict:
 
 def chunk_context(source: dict) -> dict:
     """What besides its rows and the chip spec shapes a STAC chunk's bytes."""
-    return {"reader": "stac-scenes", **source}
+    return {"reader": "stac-scenes", "nodata": C.NODATA_RULE, **source}
 
 
 # ----------------------------------------------------------------------------- index in parts
@@ -573,6 +586,7 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
             with sw("read"):
                 sc = C.read_scene_chips(item, adapter, wins, spec.bands, spec.size_px, spec.resampling,
                                         spec.resolution_m)
+                cloud, nodata = sc.cloud_fraction, sc.nodata_fraction  # once per scene, not per chip
             lc = None
             if landcover is not None:
                 with sw("landcover"):
@@ -588,7 +602,7 @@ def write_chunk(rows: pd.DataFrame, items: dict[str, dict], root: str, set_name:
                 lat=float(r.lat), region=r.region, biome=r.biome, landcover=lc_name,
                 lc_fractions=frac.tolist(), item_id=item["id"], collection=r.collection,
                 datetime=r.datetime, epsg=int(r.epsg), row_off=int(r.row_off), col_off=int(r.col_off),
-                cloud_fraction=float(sc.cloud_fraction[i]), nodata_fraction=float(sc.nodata_fraction[i]),
+                cloud_fraction=float(cloud[i]), nodata_fraction=float(nodata[i]),
                 baseline=r.baseline, offset_applied=int(sc.offsets[spec.bands[0]]),
             ))
         return sc.pixels, metas
@@ -648,7 +662,7 @@ def index_parallelism(n_parts: int, cluster_cpus: float, override: int | None = 
 def ingest_parallelism(n_units: int, cluster_cpus: float, override: int | None = None,
                        cap: int | None = None, *, max_cpus: float | None = None,
                        request_limit: int | None = None) -> int:
-    """How many ingest tasks may run at once (the ``TaskPoolStrategy`` size).
+    """How many ingest tasks may be in flight at once (running, or queued in Ray for a free CPU).
 
     ``override`` (``chips.ingest_parallelism``) wins. Otherwise one task per work unit
     (``n_units``: chunks, index parts), up to the CPUs the cluster can grow to (``max_cpus``:
@@ -718,7 +732,8 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
                spec: ChipSpec, landcover: LandcoverSource | None = None,
                parallelism: int | None = None, *, force: bool = False, retry_failed: bool = False,
                source: dict | None = None) -> IngestSummary:
-    """Ingest one set of points into shards under ``root`` with Ray Data. Resumable.
+    """Ingest one set of points into shards under ``root`` on Ray (index parts on Ray Data, shard
+    tasks on :func:`workpool.run_bounded`). Resumable.
 
     Reuse is decided by lineage: the index is rebuilt when its points, search, catalog or chip
     limits changed (or it holds failures to retry), a chunk is rewritten when its rows or chip
@@ -749,17 +764,22 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
         log.info("ingest %s: moved %d shards of the older region=<r>/ layout into parquet/<r>/", set_name, n_moved)
     chunked = assign_chunks(index, spec.chunk_size)
     tasks = chunk_tasks(chunked, items_json)
-    results = []
+    results, shard_stats = [], {}
     if tasks:
-        def _do(task: dict) -> dict:
-            return run_chunk_task(task, root, set_name, adapter, spec, landcover, force, retry_failed,
-                                  source["chunks"])
-
-        parallelism = ingest_parallelism(len(tasks), ray.cluster_resources().get("CPU", 0), override,
-                                         max_cpus=max_cpus)
-        ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        ds = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1)
-        results = ds.take_all()
+        # Plain Ray tasks, not Ray Data: see pw_ray.ingest.workpool (no polling gap between tasks).
+        cpus = ray.cluster_resources().get("CPU", 0)
+        parallelism = ingest_parallelism(len(tasks), cpus, override, max_cpus=max_cpus)
+        # Unless the width is the user's, a few tasks more than the CPUs wait in Ray's queue: a
+        # worker that finishes a chunk is handed the next queued one at once, without a round
+        # trip through this loop.
+        in_flight = parallelism if override else parallelism + max(2, parallelism // 8)
+        run = run_bounded(run_chunk_task, tasks, in_flight,
+                          args=(root, set_name, adapter, spec, landcover, force, retry_failed, source["chunks"]))
+        results = run.results
+        # Tasks that could run at once: an autoscaling cluster may have grown during the phase.
+        slots = max(1, min(parallelism, len(tasks), int(max(cpus, ray.cluster_resources().get("CPU", 0)))))
+        shard_stats = {"start": run.start, "end": run.end, "wall_s": run.wall_s, "slots": slots,
+                       **occupancy(run.times, slots, run.wall_s), "task_times": run.times}
     planned = {(t["region"], t["chunk"]) for t in tasks}
     stale = remove_stale(root, set_name, planned, spec.webdataset)
     manifest = build_manifest(index, chunked, results)
@@ -767,6 +787,11 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     summary = summarise(set_name, manifest, results)
     summary.index_why = "" if why is None else why
     summary.stale_removed = len(stale)
+    summary.shard_tasks = shard_stats
     log.debug("ingest %s", summary.line())  # the experiment prints it (and what was reused) per set
     log.info("ingest %s: shard tasks' time: %s", set_name, summary.stages_line())
+    if shard_stats:
+        log.info("ingest %s: %d shard tasks in %.1f s on %d workers: busy %.0f%% of %d slots, %.2f s idle between "
+                 "tasks, %.1f CPU s", set_name, shard_stats["tasks"], shard_stats["wall_s"], shard_stats["workers"],
+                 100 * shard_stats["occupancy"], shard_stats["slots"], shard_stats["gaps_s"], shard_stats["cpu_s"])
     return summary

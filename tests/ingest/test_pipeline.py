@@ -104,6 +104,11 @@ def test_rerun_reuses_every_chunk_and_changes_nothing(ingested, ray_session):
     s = run_ingest(ingested.root, "mix", pts, src.searcher, src.adapter, ingested.chips, src.landcover)
     assert s.chunks_written == 0 and s.chunks_reused == len(before)
     assert not any(s.stage_s.values()) and s.stages_line() == "no chunk written"
+    # One timed task per chunk on the plain-task shard phase (reused chunks are checked in a task too).
+    st = s.shard_tasks
+    assert st["tasks"] == len(before) == len(st["task_times"]) and 1 <= st["workers"] <= 2 and st["slots"] == 2
+    assert all(t.start <= t.end and t.cpu_s >= 0 for t in st["task_times"]) and st["wall_s"] > 0
+    assert "task_times" not in s.record()["shard_tasks"] and json.dumps(s.record())
     assert {f: storage.read_bytes(f) for f in S.shard_files(ingested.root, "mix")} == before
 
 
