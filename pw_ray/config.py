@@ -76,7 +76,10 @@ class PretrainSet(_Strict):
     @model_validator(mode="after")
     def _diverse_only(self):
         if self.strategy == "random":
-            given = sorted({"candidates", "signature_px"} & self.model_fields_set)
+            # a value equal to its default is harmless (a dumped config carries it); only a changed one is a
+            # mistake worth stopping for
+            given = sorted(f for f in {"candidates", "signature_px"} & self.model_fields_set
+                           if getattr(self, f) != type(self).model_fields[f].default)
             if given:
                 raise ValueError(f"{', '.join(given)} apply to strategy: spectral-diverse only; set it or remove "
                                  f"{'them' if len(given) > 1 else 'it'}")
