@@ -76,8 +76,8 @@ class PretrainSet(_Strict):
     @model_validator(mode="after")
     def _diverse_only(self):
         if self.strategy == "random":
-            # set to other than the default: a dumped config (dump_config, `config.yaml` under the
-            # root) names every field with its default and must load again
+            # a value equal to its default is harmless (a dumped config carries it); only a changed one is a
+            # mistake worth stopping for
             given = sorted(f for f in {"candidates", "signature_px"} & self.model_fields_set
                            if getattr(self, f) != type(self).model_fields[f].default)
             if given:
@@ -184,10 +184,25 @@ class StacSource(_Strict):
                           "fractions: a raster (local path or URI, any CRS) or a STAC collection "
                           "({collection: esa-worldcover, asset: map, url: …}); unset: the synthetic archive's "
                           "'synthetic-landcover' collection for kind synthetic, none otherwise")
+    # Search per cell (docs/plan-and-ingest.md "Search per tile")
+    search_cell_deg: float = Field(
+        1.0, gt=0, le=10, description="side of the lon/lat cells the points are searched by, degrees: one paged "
+                                      "search per cell and season (1°: about a Sentinel-2 tile); changes the "
+                                      "number of requests, never which scenes a point gets")
+    page_size: int = Field(100, ge=1, le=10_000, description="items per page of a cell search (the API's 'limit'); "
+                                                             "a search stops reading pages once no later item can "
+                                                             "be among any point's max_items best")
     # HTTP behaviour
-    retries: int = Field(5, ge=0)
-    backoff_s: float = Field(0.5, ge=0)
-    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(5, ge=0, description="retries of a failed request (5xx, timeout, dropped connection), "
+                                              "with exponential backoff and jitter; 429s do not use them up")
+    backoff_s: float = Field(0.5, ge=0, description="first backoff between retries, seconds (doubles each time)")
+    timeout_s: float = Field(30.0, gt=0, description="HTTP connect and read timeout of a STAC request, seconds")
+    max_concurrent_requests: int | None = Field(
+        8, gt=0, description="STAC API requests in flight at once across the whole job (all tasks and sets "
+                             "together; one budget actor per job); unset: no limit")
+    max_requests_per_s: float | None = Field(
+        10.0, gt=0, description="STAC API requests started per second across the whole job; a 429 with "
+                                "Retry-After pauses every task for that long; unset: no limit")
 
     _landcover = field_validator("landcover", mode="before")(_check_landcover)
 

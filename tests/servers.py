@@ -13,9 +13,11 @@ a polite signal first, ``SIGKILL`` after a timeout). Nothing listens on another 
 * :class:`CogServer` — nginx (Debian ``nginx-light``) serving the archive folder with Range
   support; starlette's ``StaticFiles`` under uvicorn when nginx is missing outside CI.
 * :class:`FaultProxy` — a reverse proxy (a child process, ``python -m tests.servers proxy``)
-  that answers a seeded, deterministic share of requests with 429 (``Retry-After: 0``), 500,
-  503, a stall past the client timeout, a dropped connection (closed with no answer) or a reset
-  one (TCP RST), and forwards the rest.
+  that answers a seeded, deterministic share of requests with 429 (``Retry-After``, 0 s unless
+  the plan says), 500, 503, a stall past the client timeout, a dropped connection (closed with
+  no answer) or a reset one (TCP RST), and forwards the rest (after ``delay_s``). It counts
+  what reached it, by request, with arrival times and the most requests in flight at once:
+  with no faults it is the server-side request counter.
 * :func:`stac_stack` — the whole stack for one archive, optionally behind fault proxies.
 
 When the Debian packages are missing the helpers call ``pytest.skip`` with the ``apt-get``
@@ -452,6 +454,10 @@ class FaultPlan:
     kinds: tuple[str, ...] = FAULT_KINDS
     stall_s: float = 6.0  # longer than the clients' timeout in the tests
     max_per_key: int | None = None
+    #: Seconds a 429 or 503 asks the client to wait (its ``Retry-After`` header).
+    retry_after_s: int = 0
+    #: Seconds each forwarded request waits before it goes upstream (a slow server).
+    delay_s: float = 0.0
 
     def decide(self, key: str, n: int, consecutive: int, faulted: int = 0) -> str | None:
         if consecutive >= self.max_consecutive or not self.kinds:
@@ -489,6 +495,8 @@ class _ProxyCore:
         self.name = name
         self.stats: dict[str, int] = {}
         self.log: list[tuple[str, str]] = []  # (key, outcome) in arrival order
+        self.times: list[float] = []  # arrival time (time.time()) of each log entry
+        self.in_flight = self.max_in_flight = 0
         self._seen: dict[str, int] = {}
         self._consecutive: dict[str, int] = {}
         self._faulted: dict[str, int] = {}
@@ -503,7 +511,8 @@ class _ProxyCore:
 
     def snapshot(self) -> bytes:
         with self._lock:
-            return json.dumps({"stats": self.stats, "log": self.log}).encode()
+            return json.dumps({"stats": self.stats, "log": self.log, "times": self.times,
+                               "max_in_flight": self.max_in_flight}).encode()
 
     # -- decisions
     def _decide(self, method: str, path: str, rng_header: str | None, body: bytes) -> str | None:
@@ -518,6 +527,7 @@ class _ProxyCore:
             outcome = fault or "ok"
             self.stats[outcome] = self.stats.get(outcome, 0) + 1
             self.log.append((key, outcome))
+            self.times.append(time.time())
         if fault:
             log.debug("%s: %s → %s", self.name, key, fault)
         return fault
@@ -552,6 +562,16 @@ class _ProxyCore:
                     self.end_headers()
                     self.wfile.write(msg)
                     return
+                with proxy._lock:
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                try:
+                    self._answer(body)
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight -= 1
+
+            def _answer(self, body: bytes):
                 fault = proxy._decide(self.command, self.path, self.headers.get("Range"), body)
                 if fault == "drop":  # hang up without an answer: "empty reply from server"
                     self.close_connection = True
@@ -570,13 +590,15 @@ class _ProxyCore:
                     msg = json.dumps({"code": fault, "description": "injected by the pw-ray fault proxy"}).encode()
                     self.send_response(int(fault))
                     if fault in ("429", "503"):
-                        self.send_header("Retry-After", "0")
+                        self.send_header("Retry-After", str(proxy.plan.retry_after_s))
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(msg)))
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(msg)
                     return
+                if proxy.plan.delay_s:
+                    time.sleep(proxy.plan.delay_s)
                 self._forward(body)
 
             def _client_hung_up(self, wait_s: float) -> bool:
@@ -668,6 +690,20 @@ class FaultProxy(_Server):
     @property
     def log(self) -> list[tuple[str, str]]:
         return [tuple(x) for x in self._snapshot()["log"]]
+
+    @property
+    def times(self) -> list[float]:
+        """Arrival time (``time.time()``) of each entry of :attr:`log`."""
+        return list(self._snapshot()["times"])
+
+    @property
+    def max_in_flight(self) -> int:
+        """Most requests the proxy was answering at once (control requests not counted)."""
+        return int(self._snapshot()["max_in_flight"])
+
+    def requests(self, method: str = "POST", path: str = "/search") -> int:
+        """Requests that reached the proxy with this method and path (answered or faulted)."""
+        return sum(1 for key, _ in self.log if key.split(" ")[:2] == [method, path])
 
     def faults(self) -> int:
         """Requests answered with a fault (``stall_abandoned`` is a kind of ``stall``, not counted)."""

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from pw_ray.config import ConfigError, load_config, parse_config
 from tests.conftest import TINY_CONFIG
@@ -37,6 +38,14 @@ def test_builder_options_on_a_random_set_are_refused_by_name():
     sets = [dict(TINY_CONFIG["pretrain_sets"][0], strategy="spectral-diverse", candidates=1)]
     with pytest.raises(ConfigError, match=r"pretrain_sets\[0\]\.candidates: Input should be greater than or equal to 2"):
         parse_config(_with(pretrain_sets=sets))
+
+
+def test_a_dumped_config_with_random_sets_loads_again():
+    from pw_ray.config import dump_config
+
+    cfg = parse_config(_with())
+    again = parse_config(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
 
 
 def test_a_changed_strategy_changes_the_points_lineage():

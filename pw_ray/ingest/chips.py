@@ -117,16 +117,23 @@ def chip_window(grid: SceneGrid, lon: float, lat: float, size_px: int) -> tuple[
     The chip is shifted inside the scene when the point is near an edge; ``None`` when the
     point is outside the scene or the scene is smaller than a chip.
     """
-    xs, ys = warp_transform("EPSG:4326", f"EPSG:{grid.epsg}", [lon], [lat])
-    col = (xs[0] - grid.x0) / grid.res
-    row = (grid.y0 - ys[0]) / grid.res
-    if not (0 <= row < grid.height and 0 <= col < grid.width):
-        return None
+    return chip_windows(grid, [lon], [lat], size_px)[0]
+
+
+def chip_windows(grid: SceneGrid, lons, lats, size_px: int) -> list[tuple[int, int] | None]:
+    """:func:`chip_window` of many points of one scene, with one coordinate transformation."""
+    lons = np.asarray(lons, dtype=np.float64)
+    if not lons.size:
+        return []
+    xs, ys = warp_transform("EPSG:4326", f"EPSG:{grid.epsg}", lons.tolist(), np.asarray(lats, np.float64).tolist())
+    col = (np.asarray(xs) - grid.x0) / grid.res
+    row = (grid.y0 - np.asarray(ys)) / grid.res
     if grid.height < size_px or grid.width < size_px:
-        return None
-    r = int(np.clip(round(row - size_px / 2), 0, grid.height - size_px))
-    c = int(np.clip(round(col - size_px / 2), 0, grid.width - size_px))
-    return r, c
+        return [None] * lons.size
+    inside = (0 <= row) & (row < grid.height) & (0 <= col) & (col < grid.width)
+    r = np.clip(np.round(row - size_px / 2), 0, grid.height - size_px).astype(np.int64)
+    c = np.clip(np.round(col - size_px / 2), 0, grid.width - size_px).astype(np.int64)
+    return [(int(a), int(b)) if ok else None for a, b, ok in zip(r, c, inside)]
 
 
 def _vsi_path(href: str) -> str | None:

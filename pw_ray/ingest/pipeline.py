@@ -1,11 +1,13 @@
 """The ingest stage on Ray: points → chip index → chips grouped by scene → shards → manifest.
 
-1. **Index** (``index/<set>.parquet``): per point, search scenes (best cloud first), compute the
-   chip window in the scene's 10 m grid, read the SCL window and keep the first scene whose chip
-   passes the cloud and no-data limits — in parts of spatially sorted points (one Ray task and
-   one stored part file each, ``index/_parts/<set>/``), one SCL read per scene per part. Points
-   with no usable scene are recorded as skipped with the reason; errors as failed, transient or
-   permanent. Items go to ``index/<set>-items.parquet`` (no signed URLs).
+1. **Index** (``index/<set>.parquet``): scenes searched per cell (one paged search per
+   ``stac.search_cell_deg`` cell and season for all its points, within the job's STAC request
+   budget), each point's candidates ranked best cloud first; per point the chip window in the
+   scene's 10 m grid, the SCL window read, and the first scene whose chip passes the cloud and
+   no-data limits kept — in parts of whole cells (one Ray task and one stored part file each,
+   ``index/_parts/<set>/``), one SCL read per scene per part. Points with no usable scene are
+   recorded as skipped with the reason; errors as failed, transient or permanent. Items go to
+   ``index/<set>-items.parquet`` (no signed URLs).
 2. **Chunks**: kept chips are sorted by (region, scene, window) and whole scenes packed into
    chunks of at most ``chips.chunk_size``; a chunk's chips come from few scenes.
 3. **Shards**: one plain Ray task per chunk (:mod:`pw_ray.ingest.workpool`, largest chunk first,
@@ -28,7 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +48,7 @@ from pw_ray.ingest.chunks import STAGES, Stopwatch, frame_digest, remove_stale, 
 from pw_ray.ingest.chunks import write_chunk as write_any_chunk
 from pw_ray.ingest.failures import PERMANENT, TRANSIENT, budget_error, failure_kind, retryable, top_reasons
 from pw_ray.ingest.landcover import LandcoverSource
+from pw_ray.ingest.search import CELL_DEG, cell_bbox, search_cells
 from pw_ray.ingest.workpool import occupancy, run_bounded
 
 log = logging.getLogger(__name__)
@@ -136,20 +141,26 @@ _STAGE_NAMES = {"landcover": "land cover"}
 _Stopwatch = Stopwatch  # the name bench/ingest.py and older code use
 
 
-def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec) -> pd.DataFrame:
+def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec,
+                 timings: dict | None = None) -> pd.DataFrame:
     """Choose a scene and a chip window for each point (pure function of its inputs).
 
-    Each point takes the first of its candidate scenes (best cloud cover first) whose chip passes
-    the cloud and no-data limits. The SCL screening runs in rounds over the candidates' rank:
-    round k groups the still-undecided points by their k-th candidate scene and reads that
-    scene's SCL once for all of them (one open, overlapping windows decoded once), instead of
-    one open per point and candidate — over HTTP an open costs a round trip or two.
+    Scenes are searched per cell (:func:`search_candidates`: one paged search per cell of
+    ``searcher.cell_deg`` and season for all the cell's points). Each point takes the first of
+    its candidate scenes (best cloud cover first) whose chip passes the cloud and no-data
+    limits. The SCL screening runs in rounds over the candidates' rank: round k groups the
+    still-undecided points by their k-th candidate scene and reads that scene's SCL once for all
+    of them (one open, overlapping windows decoded once), instead of one open per point and
+    candidate — over HTTP an open costs a round trip or two.
 
     With ``searcher.seasons`` = N > 1 (``stac.seasons``) each point gets N rows, one per date
     window, with ``chip_id`` ``<point_id>-s<k>``; otherwise ``chip_id`` is the ``point_id``.
+    ``timings``, when given, receives the seconds spent searching (``search_s``) and screening
+    (``screen_s``).
     """
+    t0 = time.perf_counter()
     n_seasons = int(getattr(searcher, "seasons", 1) or 1)
-    rows, cands, reasons, items = [], [], [], {}
+    rows, reasons, items = [], [], {}
     for p in points.itertuples(index=False):
         for season in range(n_seasons):
             row = {c: getattr(p, c, None) for c in ("point_id", "set", "lon", "lat", "region", "biome", "landcover")}
@@ -157,15 +168,10 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
             row.update(status="skipped", reason="no scene", failure="", item_id=None, collection="", datetime="",
                        baseline="", epsg=0, row_off=-1, col_off=-1, cloud_fraction=float("nan"),
                        nodata_fraction=float("nan"))
-            found: list[dict] = []
-            try:
-                found = (searcher.candidates(float(p.lon), float(p.lat)) if n_seasons == 1
-                         else searcher.candidates(float(p.lon), float(p.lat), season=season))
-            except Exception as err:  # a bad point costs that point, never the job
-                row.update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
             rows.append(row)
-            cands.append(found)
             reasons.append([])
+    cands = search_candidates(points, searcher, rows, n_seasons)
+    t1 = time.perf_counter()
 
     pending = [i for i, r in enumerate(rows) if r["status"] != "failed"]
     rank = 0
@@ -187,24 +193,116 @@ def index_points(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: 
     # rows cross the object store and the driver collects them all.
     first = df["item_id"].notna() & ~df["item_id"].duplicated()
     df["items_json"] = [json.dumps(items[i]) if f else None for i, f in zip(df["item_id"], first)]
+    if timings is not None:
+        timings.update(search_s=t1 - t0, screen_s=time.perf_counter() - t1)
     return df
 
 
+def search_candidates(points: pd.DataFrame, searcher, rows: list[dict], n_seasons: int) -> list[list[dict]]:
+    """Candidate scenes of every row (point-major, season-minor: row ``i·N + s``), best first.
+
+    One :meth:`cell_candidates` call (one paged search) per cell and season; a search that fails
+    (after the searcher's retries) fails the rows of that cell and season with the reason and
+    its kind (transient/permanent), never the job. A searcher with ``search_threads`` > 1 (a
+    STAC API: the searches wait on the network) runs that many at once, within the job's request
+    budget; the answer does not depend on it. Searchers that only answer per point
+    (``candidates``) are asked per point and season.
+    """
+    cands: list[list[dict]] = [[] for _ in rows]
+    lons = points["lon"].to_numpy(dtype=np.float64)
+    lats = points["lat"].to_numpy(dtype=np.float64)
+
+    def fail(idx, err):
+        for i in idx:
+            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
+
+    if not hasattr(searcher, "cell_candidates"):
+        for k in range(len(points)):
+            for season in range(n_seasons):
+                i = k * n_seasons + season
+                try:  # a bad point costs that point, never the job
+                    cands[i] = (searcher.candidates(float(lons[k]), float(lats[k])) if n_seasons == 1
+                                else searcher.candidates(float(lons[k]), float(lats[k]), season=season))
+                except Exception as err:
+                    fail([i], err)
+        return cands
+    deg = float(getattr(searcher, "cell_deg", CELL_DEG))
+    cells = search_cells(lons, lats, deg)
+    order = np.lexsort((cells[:, 1], cells[:, 0]))
+    starts = np.flatnonzero(np.r_[True, np.any(cells[order][1:] != cells[order][:-1], axis=1)])
+    jobs = [(members, season) for members in np.split(order, starts[1:]) for season in range(n_seasons)]
+
+    def search(job):
+        members, season = job
+        try:
+            return searcher.cell_candidates(cell_bbox(cells[members[0]], deg), lons[members], lats[members],
+                                            None if n_seasons == 1 else season)
+        except Exception as err:  # a failed search costs its cell's points, never the job
+            return err
+
+    threads = min(int(getattr(searcher, "search_threads", 1) or 1), len(jobs))
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="cell-search") as pool:
+            answers = list(pool.map(search, jobs))
+    else:
+        answers = [search(job) for job in jobs]
+    for (members, season), found in zip(jobs, answers):
+        idx = members * n_seasons + season
+        if isinstance(found, Exception):
+            fail(idx, found)
+            continue
+        for i, f in zip(idx, found):
+            cands[i] = f
+    return cands
+
+
 #: Points per index part: one Ray task and one stored part file (``index/_parts/<set>/<k>.parquet``).
-#: Fixed, so that the parts (and which points share an SCL read) do not depend on the cluster's
-#: size; large enough that a part's points share scenes, small enough that losing the driver
-#: loses little work (a rerun reuses every finished part).
+#: Fixed, so that the parts (and which points share a search and an SCL read) do not depend on the
+#: cluster's size; large enough that a part's points share cells and scenes, small enough that
+#: losing the driver loses little work (a rerun reuses every finished part).
 INDEX_PART = 1024
 INDEX_BATCH = INDEX_PART  # the name older code and benches use
 
 
-def spatial_batches(points: pd.DataFrame, size: int = INDEX_PART) -> list[pd.DataFrame]:
-    """Points cut into batches of ``size`` after sorting by region and 1° cell, so the points
-    of a batch share scenes (one SCL open per scene per batch); deterministic."""
-    order = points.assign(_cy=np.floor(points["lat"].astype(float)), _cx=np.floor(points["lon"].astype(float)))
-    order = order.sort_values(["region", "_cy", "_cx", "point_id"], kind="stable").drop(columns=["_cy", "_cx"])
-    order = order.reset_index(drop=True)
-    return [order.iloc[i:i + size] for i in range(0, len(order), size)]
+def spatial_batches(points: pd.DataFrame, size: int = INDEX_PART, cell_deg: float = CELL_DEG) -> list[pd.DataFrame]:
+    """Points cut into parts of whole search cells (:func:`search.search_cells`), deterministic.
+
+    Cells are taken in (row, column) order and packed into parts of at most ``size`` points, so
+    each cell is searched once, by the part that holds it. A cell with more than ``size`` points
+    is split into parts of its own (``ceil(n / size)`` near-equal ones, by point id), each of
+    which searches it: a few more requests for very dense cells, in exchange for parts that stay
+    small enough to lose. Within a part points are in (cell, point id) order.
+    """
+    if not len(points):
+        return []
+    cells = search_cells(points["lon"].to_numpy(dtype=np.float64), points["lat"].to_numpy(dtype=np.float64),
+                         cell_deg)
+    order = points.assign(_cy=cells[:, 0], _cx=cells[:, 1])
+    order = order.sort_values(["_cy", "_cx", "point_id"], kind="stable").reset_index(drop=True)
+    sizes = order.groupby(["_cy", "_cx"], sort=False).size().to_numpy()
+    order = order.drop(columns=["_cy", "_cx"])
+    parts, start, part_start = [], 0, 0
+    for n in sizes:
+        if n > size:  # a dense cell: flush, then its own parts
+            if start > part_start:
+                parts.append((part_start, start))
+            pieces = -(-n // size)
+            edges = [start + (n * j) // pieces for j in range(pieces + 1)]
+            parts.extend(zip(edges[:-1], edges[1:]))
+            part_start = start = start + n
+            continue
+        if start + n - part_start > size:
+            parts.append((part_start, start))
+            part_start = start
+        start += n
+    if start > part_start:
+        parts.append((part_start, start))
+    return [order.iloc[a:b] for a, b in parts]
+
+
+#: SCL classes as lookup tables (index: the class): faster than ``np.isin`` on every window.
+_CLOUDY = np.isin(np.arange(256), C.B.SCL_CLOUDY)
+_NODATA = np.arange(256) == C.B.SCL_NODATA
 
 
 def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: list[list[str]],
@@ -212,8 +310,8 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
     """One candidate scene for several points: chip windows, one SCL read, accept or note why not."""
     try:
         grid = C.scene_grid(item, adapter, spec.resolution_m)
-        wins = {i: C.chip_window(grid, float(rows[i]["lon"]), float(rows[i]["lat"]), spec.size_px)
-                for i in members}
+        wins = dict(zip(members, C.chip_windows(grid, [rows[i]["lon"] for i in members],
+                                                [rows[i]["lat"] for i in members], spec.size_px)))
         inside = [i for i in members if wins[i] is not None]
         for i in members:
             if wins[i] is None:
@@ -225,8 +323,15 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
         for i in members:
             rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
         return
-    cloud = np.isin(scl, C.B.SCL_CLOUDY).mean(axis=(1, 2))
-    nodata = (scl == C.B.SCL_NODATA).mean(axis=(1, 2))
+    scl = scl.astype(np.uint8, copy=False)
+    cloud = _CLOUDY[scl].mean(axis=(1, 2))
+    nodata = _NODATA[scl].mean(axis=(1, 2))
+    missing = None
+    try:
+        for band in spec.bands:  # fail early, naming the band, if an asset is missing
+            adapter.asset_key(item, band)
+    except Exception as err:  # the item lacks a band: no retry will add it
+        missing = redact(f"{type(err).__name__}: {err}")
     for k, i in enumerate(inside):
         if cloud[k] > spec.max_cloud_fraction:
             reasons[i].append(f"cloud {cloud[k]:.2f} > {spec.max_cloud_fraction}")
@@ -234,11 +339,8 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
         if nodata[k] > spec.max_nodata_fraction:
             reasons[i].append(f"nodata {nodata[k]:.2f} > {spec.max_nodata_fraction}")
             continue
-        try:
-            for band in spec.bands:  # fail early, naming the band, if an asset is missing
-                adapter.asset_key(item, band)
-        except Exception as err:  # the item lacks a band: no retry will add it
-            rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=PERMANENT)
+        if missing is not None:
+            rows[i].update(status="failed", reason=missing, failure=PERMANENT)
             continue
         rows[i].update(status="ok", reason="", item_id=item["id"], collection=item.get("collection"),
                        datetime=item["properties"].get("datetime"), epsg=grid.epsg,
@@ -370,20 +472,29 @@ def index_part(task: dict, root: str, set_name: str, searcher, adapter: CatalogA
         failed = kinds[kinds["status"] == "failed"]["failure"]
         if not any(retryable(k, retry_failed) for k in failed):
             return {"part": task["part"], "written": False}
-    df = index_points(points, searcher, adapter, spec)
+    cpu, timings = time.process_time(), {}
+    df = index_points(points, searcher, adapter, spec, timings)
     storage.write_table(lineage.attach(pa.Table.from_pandas(df, preserve_index=False), rec), uri)
-    return {"part": task["part"], "written": True}
+    return {"part": task["part"], "written": True, "cpu_s": time.process_time() - cpu, **timings}
 
 
 def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec,
-                index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False
-                ) -> tuple[pd.DataFrame, int]:
+                index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False,
+                stats: dict | None = None) -> tuple[pd.DataFrame, int]:
     """The chip index of a set from its parts: each part indexed in a Ray task and stored as it
     finishes, so a killed driver loses only the parts in flight. Returns (index with
-    ``items_json``, parts written)."""
+    ``items_json``, parts written).
+
+    Parts are whole search cells (:func:`spatial_batches`), so a cell is searched once. The
+    searcher's request budget is made the job's (``share_budget``: one actor for all tasks)
+    before the tasks start; ``parallelism`` is the tasks in flight (:func:`index_parallelism`).
+    ``stats``, when given, receives the parts, parts written and the seconds the tasks spent
+    searching and screening and their CPU seconds (summed over tasks).
+    """
     import ray
 
-    batches = spatial_batches(points, INDEX_PART)  # looked up now: tests shrink it
+    # INDEX_PART looked up now: tests shrink it.
+    batches = spatial_batches(points, INDEX_PART, float(getattr(searcher, "cell_deg", CELL_DEG)))
     tasks = [{"part": k, "points": pickle.dumps(b, protocol=5), "record": json.dumps(part_record(index_rec, b))}
              for k, b in enumerate(batches)]
     for uri in storage.listdir(_parts_dir(root, set_name), suffix=".parquet"):  # parts of a larger config
@@ -391,17 +502,63 @@ def build_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapte
             storage.remove(uri)
     results = []
     if tasks:
+        if hasattr(searcher, "share_budget"):  # one request budget for every task of the job
+            searcher.share_budget()
+
         def _do(task: dict) -> dict:
             return index_part(task, root, set_name, searcher, adapter, spec, force, retry_failed)
 
         ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        results = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=parallelism), num_cpus=1).take_all()
+        results = ds.map(_do, compute=ray.data.TaskPoolStrategy(size=max(1, min(parallelism, len(tasks)))),
+                         num_cpus=1).take_all()
     uris = [part_uri(root, set_name, t["part"]) for t in tasks]
     frames = [storage.read_table(u).to_pandas() for u in uris]
     index = (pd.concat(frames, ignore_index=True) if frames
              else pd.DataFrame(columns=INDEX_COLUMNS + ["items_json"]))
-    index = index.sort_values(["point_id", "chip_id"]).reset_index(drop=True)
-    return index, sum(1 for r in results if r["written"])
+    del frames  # one copy of the rows less while sorting (the driver holds every row of the set)
+    index = index.sort_values(["point_id", "chip_id"], ignore_index=True)
+    written = sum(1 for r in results if r["written"])
+    summed = {k: float(sum(r.get(k, 0.0) for r in results)) for k in ("search_s", "screen_s", "cpu_s")}
+    log.info("index %s: %d parts of whole search cells, %d searched (search %.1f s, SCL screening %.1f s, "
+             "summed over tasks), %d reused", set_name, len(tasks), written, summed["search_s"], summed["screen_s"],
+             len(tasks) - written)
+    if stats is not None:
+        stats.update(parts=len(tasks), written=written, **summed)
+    return index, written
+
+
+def ensure_index(root: str, set_name: str, points: pd.DataFrame, searcher, adapter: CatalogAdapter, spec: ChipSpec,
+                 index_rec: dict, parallelism: int, force: bool = False, retry_failed: bool = False,
+                 stats: dict | None = None) -> tuple[pd.DataFrame, dict[str, str], str | None]:
+    """The set's chip index, reused when its lineage matches ``index_rec`` (and it holds no
+    failure to retry), else built (:func:`build_index`) and stored with its scene list.
+
+    Returns (index without ``items_json``, item JSON by id, why it was rebuilt or None);
+    ``stats``: see :func:`build_index`.
+    """
+    index_uri = storage.join(root, "index", f"{set_name}.parquet")
+    items_uri = storage.join(root, "index", f"{set_name}-items.parquet")
+    why = lineage.why_redo(lineage.of_parquet(index_uri), index_rec, force)
+    index = None
+    if why is None and storage.exists(items_uri):
+        index = storage.read_table(index_uri).to_pandas()
+        if n_retry := _retry_count(index, retry_failed):
+            why, index = f"{n_retry} failed chips to retry", None
+    elif why is None:
+        why = "its scene list is missing"
+    if index is None:
+        log.info("ingest %s: chip index: %s → searching scenes for %d points", set_name, why, len(points))
+        index, _ = build_index(root, set_name, points, searcher, adapter, spec, index_rec, parallelism, force,
+                               retry_failed, stats)
+        items_table = index.dropna(subset=["items_json"]).drop_duplicates("item_id")[["item_id", "items_json"]]
+        storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False), items_uri)
+        index = index.drop(columns=["items_json"])
+        storage.write_table(lineage.attach(pa.Table.from_pandas(index, preserve_index=False), index_rec), index_uri)
+        log.info("ingest %s: chip index written", set_name)
+        return index, dict(zip(items_table["item_id"], items_table["items_json"])), why
+    log.info("ingest %s: chip index reused (inputs unchanged)", set_name)
+    items_df = storage.read_table(items_uri).to_pandas()
+    return index, dict(zip(items_df["item_id"], items_df["items_json"])), why
 
 
 def _retry_count(index: pd.DataFrame, retry_failed: bool) -> int:
@@ -480,6 +637,26 @@ def run_chunk_task(task: dict, root: str, set_name: str, adapter: CatalogAdapter
     items = {i: json.loads(j) for i, j in json.loads(task["items"]).items()}
     return write_chunk(pickle.loads(task["rows"]), items, root, set_name, task["region"], task["chunk"],
                        adapter, spec, landcover, force=force, retry_failed=retry_failed, context=context)
+
+
+#: Index tasks in flight per request slot of the STAC budget (``stac.max_concurrent_requests``).
+#: A part's searches are a small share of its time (a few paged cell searches, then SCL reads of
+#: its scenes from the COG store, which the budget does not limit), so several tasks share a
+#: slot; more tasks than this would mostly hold a CPU while they wait for the budget.
+INDEX_TASKS_PER_REQUEST_SLOT = 4
+
+
+def index_parallelism(n_parts: int, cluster_cpus: float, override: int | None = None,
+                      max_concurrent_requests: int | None = None, *, max_cpus: float | None = None) -> int:
+    """Index tasks in flight: what :func:`ingest_parallelism` gives for ``n_parts`` work units
+    (the cluster decides the width), bounded by the STAC request budget:
+    :data:`INDEX_TASKS_PER_REQUEST_SLOT` tasks per request slot, ``chips.ingest_parallelism``
+    included; no bound for in-memory catalogs, which make no requests. The bound applies to the
+    index phase only; the shard phase reads COGs, not the API, and keeps its own width.
+    """
+    limit = INDEX_TASKS_PER_REQUEST_SLOT * int(max_concurrent_requests) if max_concurrent_requests else None
+    width = ingest_parallelism(n_parts, cluster_cpus, override, max_cpus=max_cpus, request_limit=limit)
+    return max(1, min(width, limit) if limit else width)
 
 
 def ingest_parallelism(n_units: int, cluster_cpus: float, override: int | None = None,
@@ -567,45 +744,19 @@ def run_ingest(root: str, set_name: str, points: pd.DataFrame, searcher, adapter
     """
     import ray
 
-    index_uri = storage.join(root, "index", f"{set_name}.parquet")
-    items_uri = storage.join(root, "index", f"{set_name}-items.parquet")
     manifest_uri = storage.join(root, "manifest", f"{set_name}.parquet")
     override = parallelism or spec.ingest_parallelism
     from pw_ray.cluster import discover_max_cpus
 
     max_cpus, max_cpus_from = discover_max_cpus(spec.ingest_max_cpus)
-    # Expected chunks (an upper bound until the index says which chips are kept).
-    parallelism = ingest_parallelism(-(-len(points) // spec.chunk_size), ray.cluster_resources().get("CPU", 0),
-                                     override, max_cpus=max_cpus,
-                                     request_limit=getattr(searcher, "max_concurrent_requests", None))
-    log.info("ingest %s: up to %d tasks at once (cluster can grow to %s CPUs: %s)", set_name, parallelism,
-             "?" if max_cpus is None else f"{max_cpus:g}", max_cpus_from)
-
     source = source or source_inputs(searcher, adapter, landcover)
     index_rec = index_inputs(points, source["index"], spec)
-    old = lineage.of_parquet(index_uri)
-    why = lineage.why_redo(old, index_rec, force)
-    index = None
-    if why is None and storage.exists(items_uri):
-        index = storage.read_table(index_uri).to_pandas()
-        if n_retry := _retry_count(index, retry_failed):
-            why, index = f"{n_retry} failed chips to retry", None
-    elif why is None:
-        why = "its scene list is missing"
-    if index is None:
-        log.info("ingest %s: chip index: %s → searching scenes for %d points", set_name, why, len(points))
-        index, parts = build_index(root, set_name, points, searcher, adapter, spec, index_rec, parallelism, force,
-                                   retry_failed)
-        items_table = index.dropna(subset=["items_json"]).drop_duplicates("item_id")[["item_id", "items_json"]]
-        storage.write_table(pa.Table.from_pandas(items_table, preserve_index=False), items_uri)
-        index = index.drop(columns=["items_json"])
-        storage.write_table(lineage.attach(pa.Table.from_pandas(index, preserve_index=False), index_rec), index_uri)
-        log.info("ingest %s: chip index written (%d of %d parts searched, the rest reused)", set_name, parts,
-                 -(-len(points) // INDEX_PART))
-    else:
-        log.info("ingest %s: chip index reused (inputs unchanged)", set_name)
-    items_df = storage.read_table(items_uri).to_pandas()
-    items_json = dict(zip(items_df["item_id"], items_df["items_json"]))
+    width = index_parallelism(-(-len(points) // INDEX_PART), ray.cluster_resources().get("CPU", 0), override,
+                              getattr(searcher, "max_concurrent_requests", None), max_cpus=max_cpus)
+    log.info("ingest %s: up to %d index tasks at once (cluster can grow to %s CPUs: %s)", set_name, width,
+             "?" if max_cpus is None else f"{max_cpus:g}", max_cpus_from)
+    index, items_json, why = ensure_index(root, set_name, points, searcher, adapter, spec, index_rec, width, force,
+                                          retry_failed)
 
     if n_stale := S.remove_partial(root, set_name):
         log.info("ingest %s: removed %d temp files of writes killed mid-way", set_name, n_stale)

@@ -121,7 +121,7 @@ def candidate_signatures(points: pd.DataFrame, searcher, adapter: CatalogAdapter
 
     ``points``: a points table (``point_id, lon, lat, region``, …). The scene and window come from
     :func:`pw_ray.ingest.pipeline.index_points`; with ``stac.seasons`` > 1 the best scene of the
-    whole date range stands for the point (one search per point, not one per season). Returns :data:`SIGNATURE_COLUMNS`: ``score`` (nats, NaN without a
+    whole date range stands for the point (one search, not one per season). Returns :data:`SIGNATURE_COLUMNS`: ``score`` (nats, NaN without a
     signature) and ``band_hist`` (``len(spec.bands) × bins`` int32 counts, band-major; empty without).
     """
     from pw_ray.ingest.pipeline import index_points
@@ -165,16 +165,20 @@ def signature_table(points: pd.DataFrame, searcher, adapter: CatalogAdapter, spe
                     signature_px: int = 12, bins: int = 16, parallelism: int | None = None) -> pd.DataFrame:
     """:func:`candidate_signatures` of every point on Ray Data: one task per batch of
     :data:`SIGNATURE_BATCH` spatially sorted points, as many at once as the ingest would run
-    (:func:`pw_ray.ingest.pipeline.ingest_parallelism`). Rows in the order of ``points``."""
+    (:func:`pw_ray.ingest.pipeline.index_parallelism`: the cluster's width, within the STAC
+    request budget the batches share). Rows in the order of ``points``."""
     import ray
 
-    from pw_ray.ingest.pipeline import ingest_parallelism, spatial_batches
+    from pw_ray.ingest.pipeline import CELL_DEG, index_parallelism, spatial_batches
 
     if points.empty:
         return pd.DataFrame(columns=SIGNATURE_COLUMNS)
-    batches = spatial_batches(points, SIGNATURE_BATCH)
-    width = ingest_parallelism(len(batches), ray.cluster_resources().get("CPU", 0),
-                               parallelism or spec.ingest_parallelism)
+    batches = spatial_batches(points, SIGNATURE_BATCH, float(getattr(searcher, "cell_deg", CELL_DEG)))
+    if hasattr(searcher, "share_budget"):  # the job's one STAC request budget, for every task
+        searcher.share_budget()
+    width = index_parallelism(len(batches), ray.cluster_resources().get("CPU", 0),
+                              parallelism or spec.ingest_parallelism,
+                              getattr(searcher, "max_concurrent_requests", None))
 
     def _do(task: dict) -> dict:
         sig = candidate_signatures(pickle.loads(task["points"]), searcher, adapter, spec, signature_px, bins)

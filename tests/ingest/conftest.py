@@ -22,7 +22,8 @@ os.environ.setdefault("GDAL_HTTP_TIMEOUT", "2")
 #: Client timeout of ApiSearch against the flaky API; the proxy stalls for longer.
 API_TIMEOUT_S = 2.0
 STALL_S = 4.0
-API_FAULTS = FaultPlan(seed=7, rate=0.35, max_consecutive=2, stall_s=STALL_S)
+# The API sees one search per cell (a handful of requests): a high rate still injects several faults.
+API_FAULTS = FaultPlan(seed=7, rate=0.6, max_consecutive=2, stall_s=STALL_S)
 COG_FAULTS = FaultPlan(seed=11, rate=0.2, max_consecutive=2, stall_s=STALL_S)
 
 

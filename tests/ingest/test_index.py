@@ -102,19 +102,35 @@ def test_a_scene_that_cannot_be_read_fails_only_its_points(stac_archive, monkeyp
     assert (index.loc[[f"qp-{i:03d}" for i in range(4)], "status"] == "ok").all()
 
 
-def test_spatial_batches_are_fixed_size_deterministic_and_grouped():
+def test_index_parts_hold_whole_search_cells_and_are_deterministic():
     rng = np.random.default_rng(0)
-    n = 150
-    pts = pd.DataFrame({"point_id": [f"p{i:04d}" for i in range(n)], "region": rng.choice(["af", "eu"], n),
-                        "lon": rng.uniform(-20, 40, n), "lat": rng.uniform(-30, 60, n)})
-    a = P.spatial_batches(pts, 64)
-    b = P.spatial_batches(pts.sample(frac=1, random_state=3), 64)
-    assert [len(x) for x in a] == [64, 64, 22]
-    assert all(x["point_id"].tolist() == y["point_id"].tolist() for x, y in zip(a, b))
-    flat = pd.concat(a)
-    assert sorted(flat["point_id"]) == sorted(pts["point_id"])
-    # Sorted by region first: at most one batch holds both regions.
-    assert sum(x["region"].nunique() > 1 for x in a) <= 1
+    # 12 cells of 1°: 11 with 5–30 points, one dense cell of 150 (more than a part holds).
+    centres = [(float(x) + 0.5, float(y) + 0.5) for x, y in zip(rng.integers(-20, 40, 11), rng.integers(-30, 60, 11))]
+    sizes = rng.integers(5, 31, len(centres)).tolist()
+    lon = np.concatenate([cx + rng.uniform(-0.49, 0.49, n) for (cx, _), n in zip(centres, sizes)] +
+                         [rng.uniform(10.01, 10.99, 150)])
+    lat = np.concatenate([cy + rng.uniform(-0.49, 0.49, n) for (_, cy), n in zip(centres, sizes)] +
+                         [rng.uniform(45.01, 45.99, 150)])
+    n = len(lon)
+    pts = pd.DataFrame({"point_id": [f"p{i:04d}" for i in range(n)], "region": "eu", "lon": lon, "lat": lat})
+    parts = P.spatial_batches(pts, 64)
+    again = P.spatial_batches(pts.sample(frac=1, random_state=3), 64)
+    assert [x["point_id"].tolist() for x in parts] == [x["point_id"].tolist() for x in again]
+    assert sorted(pd.concat(parts)["point_id"]) == sorted(pts["point_id"])
+    cell = {pid: (int(np.floor(la)), int(np.floor(lo))) for pid, lo, la in zip(pts["point_id"], lon, lat)}
+    owners: dict = {}
+    for k, part in enumerate(parts):
+        assert len(part) <= 64
+        for pid in part["point_id"]:
+            owners.setdefault(cell[pid], set()).add(k)
+    dense = (45, 10)
+    # Every cell in one part (searched once), except the dense one: ceil(150 / 64) = 3 parts of its own.
+    assert all(len(v) == 1 for c, v in owners.items() if c != dense)
+    assert len(owners[dense]) == 3
+    assert sorted(len(parts[k]) for k in owners[dense]) == [50, 50, 50]
+    assert all({cell[p] for p in parts[k]["point_id"]} == {dense} for k in owners[dense])
+    # Small cells are packed: fewer parts than cells.
+    assert len(parts) - 3 < len(owners) - 1
 
 
 def test_a_corrupt_asset_fails_its_scenes_chips_and_the_chunk_goes_on(stac_archive, tmp_path):
