@@ -28,30 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CLK = os.sysconf("SC_CLK_TCK")
+from bench.proctree import cpu_between, snapshot  # noqa: E402
 
-
-def _tree_cpu_s(root_pid: int) -> dict[int, float]:
-    """CPU-seconds (user + system) of ``root_pid`` and every descendant, by pid, from /proc."""
-    parent, cpu = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        parent[int(d)] = int(fields[1])
-        cpu[int(d)] = (int(fields[11]) + int(fields[12])) / CLK
-    tree, todo = {root_pid}, [root_pid]
-    while todo:
-        p = todo.pop()
-        for c, pp in parent.items():
-            if pp == p and c not in tree:
-                tree.add(c)
-                todo.append(c)
-    return {p: cpu[p] for p in tree if p in cpu}
 
 
 def _sequential(jobs):
@@ -100,11 +78,11 @@ def main() -> None:
         order = ["sequential", "concurrent"] if r % 2 == 0 else ["concurrent", "sequential"]
         for way in order:
             E.per_set = _sequential if way == "sequential" else concurrent
-            before, t0 = _tree_cpu_s(os.getpid()), time.perf_counter()
+            before, t0 = snapshot(), time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
                 E.ingest(cfg, force=True, src=src)
-            wall, after = time.perf_counter() - t0, _tree_cpu_s(os.getpid())
-            cpu = sum(v - before.get(p, 0.0) for p, v in after.items())
+            wall, after = time.perf_counter() - t0, snapshot()
+            cpu = sum(cpu_between(before, after, reaped=False).values())
             runs[way].append((wall, cpu))
             print(f"round {r} {way:>10s}: {wall:6.1f} s wall, {cpu:6.1f} CPU-s", flush=True)
     E.per_set = concurrent
