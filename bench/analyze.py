@@ -43,6 +43,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.proctree import tree_cpu_s  # noqa: E402
+
 log = logging.getLogger("pw_ray.bench")
 
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
@@ -116,30 +118,6 @@ def reference_codebook(chips, codebook):
         nearest += (np.arange(b) * k)[:, None]
         out[start:start + b] = _entropy_rows(np.bincount(nearest.ravel(), minlength=b * k).reshape(b, k))
     return out
-
-
-def tree_cpu_s() -> float:
-    """CPU seconds (user + system) of this process and every live descendant (Linux ``/proc``):
-    with a local Ray, the GCS, the raylet and the workers. Sampled before and after a pass, the
-    difference is the CPU the pass cost, whatever else loads the machine."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
-        except OSError:
-            continue  # exited meanwhile
-        parent[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    tree, frontier = {os.getpid()}, [os.getpid()]
-    while frontier:
-        kids = [p for p, pp in parent.items() if pp in frontier and p not in tree]
-        tree.update(kids)
-        frontier = kids
-    return sum(cpu.get(p, 0.0) for p in tree)
 
 
 def _batch_state(batch, shape, codebook):

@@ -60,64 +60,17 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.proctree import PeakRss  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- memory
-def _tree_rss_mb(root_pid: int) -> float:
-    """Summed RSS (MB) of ``root_pid`` and all its descendants, from /proc."""
-    parent, rss = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{d}/statm") as f:
-                pages = int(f.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parent[int(d)] = ppid
-        rss[int(d)] = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    keep, frontier = {root_pid}, [root_pid]
-    children: dict[int, list[int]] = {}
-    for pid, pp in parent.items():
-        children.setdefault(pp, []).append(pid)
-    while frontier:
-        p = frontier.pop()
-        for c in children.get(p, []):
-            if c not in keep:
-                keep.add(c)
-                frontier.append(c)
-    return sum(rss.get(p, 0.0) for p in keep)
-
-
-class PeakRss:
-    def __init__(self, interval_s: float = 0.1):
-        self.interval_s, self.peak, self._stop = interval_s, 0.0, threading.Event()
-
-    def __enter__(self):
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_mb(os.getpid()))
-            self._stop.wait(self.interval_s)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-
-
 # ----------------------------------------------------------------------------- baselines
 def _ok_chips(index):
     return index[index["status"] == "ok"].sort_values(["item_id", "row_off", "col_off"])

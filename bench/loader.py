@@ -51,52 +51,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
+from bench.proctree import cpu_between, snapshot  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 log = logging.getLogger("bench.loader")
 
 SET = "bench"
 H100_SAMPLES_PER_S = 3000.0
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- CPU of a process tree
-def tree_cpu() -> dict[int, tuple[str, str, float]]:
-    """{pid: (name, start time, CPU-s incl. reaped children)} of this process and its descendants."""
-    stat, kids = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
-        except OSError:
-            continue
-        name, rest = s[s.index("(") + 1:s.rindex(")")], s[s.rindex(")") + 2:].split()
-        # fields after the name: state ppid … utime(11) stime(12) cutime(13) cstime(14) … starttime(19)
-        stat[int(d)] = (name, rest[19], sum(int(v) for v in rest[11:15]) / TICK)
-        kids.setdefault(int(rest[1]), []).append(int(d))
-    out, todo = {}, [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        if pid in stat:
-            out[pid] = stat[pid]
-            todo.extend(kids.get(pid, []))
-    return out
-
-
-def cpu_between(before: dict, after: dict) -> tuple[float, float]:
-    """(CPU-s of the whole tree, CPU-s of this process) spent between two :func:`tree_cpu` snapshots."""
-    total = mine = 0.0
-    for pid, (name, start, cpu) in after.items():
-        was = before.get(pid)
-        d = cpu - (was[2] if was and was[1] == start else 0.0)
-        total += d
-        if pid == os.getpid():
-            mine = d
-    return total, mine
-
-
 # ----------------------------------------------------------------------------- the set
 def write_set(root: str, unique: int, files: int, chips: int, size_px: int, seed: int = 0) -> list[str]:
     """``unique`` shards of ``chips`` chips written with the project's writer, hard-linked up to
@@ -266,10 +231,10 @@ def main(argv=None) -> dict:
     disk_mb = sum(os.path.getsize(u) for u in uris) / 1e6
 
     # the loader's catalog: listing + every footer, once per run in the trainer
-    before, t0 = tree_cpu(), time.perf_counter()
+    before, t0 = snapshot(), time.perf_counter()
     catalog = read_catalog(S.shard_files(root, SET))
     catalog_wall = time.perf_counter() - t0
-    catalog_cpu = cpu_between(before, tree_cpu())[0]
+    catalog_cpu = sum(cpu_between(before, snapshot()).values())
     chip_mb = 2 * int(np.prod(catalog.shape)) / 1e6
 
     paths = {"loader": lambda e: run_loader(root, e, args, catalog), "plain": lambda e: run_plain(root, e, args)}
@@ -301,12 +266,13 @@ def main(argv=None) -> dict:
     try:
         for epoch in range(args.epochs):
             for name in names[epoch % len(names):] + names[:epoch % len(names)]:
-                before, t0 = tree_cpu(), time.perf_counter()
+                before, t0 = snapshot(), time.perf_counter()
                 samples, first = paths[name](epoch)
                 wall = time.perf_counter() - t0
                 if ray_started:
                     time.sleep(0.5)  # ended read tasks and actors are reaped, their CPU lands in the parent
-                cpu, mine = cpu_between(before, tree_cpu())
+                spent = cpu_between(before, snapshot())
+                cpu, mine = sum(spent.values()), spent.get(os.getpid(), 0.0)
                 if name == "loader" and epoch == 0:  # the run's listing and footers come before its first batch
                     first, wall = first + catalog_wall, wall + catalog_wall
                     cpu, mine = cpu + catalog_cpu, mine + catalog_cpu

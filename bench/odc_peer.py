@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--cores", type=int, default=2)
     args = ap.parse_args(argv)
-    from bench.parallel import tree_cpu_s
+    from bench.proctree import tree_cpu_s
 
     jobs = json.loads(Path(args.jobs).read_text())
     for j in jobs:

@@ -35,34 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_s(root_pid: int | None = None) -> float:
-    """CPU seconds (user + system) used so far by ``root_pid`` (default: this process) and every
-    live process under it, from /proc; processes that already ended are not counted."""
-    root_pid = root_pid or os.getpid()
-    parent, cpu = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(d)] = int(fields[1])
-        cpu[int(d)] = (int(fields[11]) + int(fields[12])) / _TICK
-    keep, frontier = {root_pid}, [root_pid]
-    children: dict[int, list[int]] = {}
-    for pid, pp in parent.items():
-        children.setdefault(pp, []).append(pid)
-    while frontier:
-        for c in children.get(frontier.pop(), []):
-            if c not in keep:
-                keep.add(c)
-                frontier.append(c)
-    return sum(cpu.get(p, 0.0) for p in keep)
+from bench.proctree import tree_cpu_s
 
 
 def slots(times: Sequence, n: int) -> list[list]:

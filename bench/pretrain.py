@@ -90,7 +90,7 @@ def ray_samples_per_s(cfg, args) -> tuple[float, float, float, list[float]]:
     t0 = time.perf_counter()
     summary = pretrain_set(cfg, "bench")
     wall = time.perf_counter() - t0
-    scalars = read_scalars(tensorboard_dir(cfg.root, "bench"))
+    scalars = read_scalars(tensorboard_dir(cfg.root, "bench", summary["run"]))
     points = {s.step: s.wall_time for s in scalars if s.tag == "loss"}
     waits = [s.value for s in scalars if s.tag == "data_wait_frac" and s.step > args.warmup]
     windows = [s.value for s in scalars if s.tag == "samples_per_s" and s.step > args.warmup]

@@ -61,6 +61,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.proctree import tree_cpu_s  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 log = logging.getLogger("pw_ray.bench.scale")
@@ -215,37 +217,6 @@ class RssSampler:
         self._t.join()
 
 
-def tree_cpu_s(root_pid: int | None = None) -> float:
-    """CPU seconds used so far by a process and every process under it (Ray's raylet, GCS and
-    workers under a driver), from /proc: user + system of the live ones plus what they reaped.
-    Unlike wall time it does not grow when other work shares the machine."""
-    root_pid = root_pid or os.getpid()
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(d)] = int(fields[1])
-        cpu[int(d)] = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
-    total, todo, seen = 0.0, [root_pid], set()
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += cpu.get(pid, 0.0)
-        todo.extend(children.get(pid, []))
-    return total
-
-
 def _search_requests(control_url: str) -> int:
     import urllib.request
 
@@ -290,13 +261,13 @@ def run_size(args: dict) -> dict:
         def __enter__(self):
             rss.stage = self.key
             rss.sample()  # a stage shorter than the sampling period has its samples too
-            self.t, self.c, self.tree = time.perf_counter(), time.process_time(), tree_cpu_s()
+            self.t, self.c, self.tree = time.perf_counter(), time.process_time(), tree_cpu_s(reaped=True)
 
         def __exit__(self, *exc):
             rss.sample()
             sec[self.key] = time.perf_counter() - self.t
             cpu[self.key] = time.process_time() - self.c
-            tree[self.key] = tree_cpu_s() - self.tree
+            tree[self.key] = tree_cpu_s(reaped=True) - self.tree
 
     with stage("plan"):
         points = plan_set(PretrainSet(name=name, region="global", size=n, seed=0), coverage)

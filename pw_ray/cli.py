@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
         _common(p)
+        if name in ("ingest", "pretrain"):
+            p.add_argument("--sets", type=_set_names, metavar="A,B",
+                           help="only these sets (comma-separated names"
+                                + (" of pretraining sets or tasks" if name == "ingest" else " of pretraining sets")
+                                + "); every set by default. The sets run at once either way; a run over "
+                                  "some sets never marks the stage done")
         if name in ("ingest", "run"):
             p.add_argument("--retry-failed", action="store_true",
                            help="also retry chips that failed permanently (a missing band, a corrupt asset); "
@@ -74,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         est.add_argument(flag, type=float, dest=field, help=f"overrides the config's estimate.{field}")
     est.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
+
+
+def _set_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more set names separated by commas, e.g. europe,africa")
+    return names
 
 
 def _cluster_option(p: argparse.ArgumentParser) -> None:
@@ -156,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.tasks and args.command == "validate":
             log.info("config: task-region subset sizes are known only after ingest; `pw-ray evaluate` lists the "
                      "cells it skips (subsets under evaluation.min_subset=%d chips)", cfg.evaluation.min_subset)
+    if getattr(args, "sets", None) is not None:  # names checked before any work starts, like the config
+        from pw_ray.experiment import select_sets
+
+        try:
+            select_sets(cfg, args.command, args.sets)
+        except ValueError as err:
+            print(f"pw-ray {args.command} failed: {err}", file=sys.stderr, flush=True)
+            return 2
     if args.command == "estimate":
         return _estimate(args, cfg)
     if args.command == "validate":
@@ -195,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plan":
             E.plan(cfg, args.force)
         elif args.command == "ingest":
-            E.ingest(cfg, args.force, retry_failed=args.retry_failed)
+            E.ingest(cfg, args.force, retry_failed=args.retry_failed, sets=args.sets)
         elif args.command == "pretrain":
-            E.pretrain(cfg, args.force)
+            E.pretrain(cfg, args.force, sets=args.sets)
         elif args.command == "evaluate":
             E.evaluate(cfg, args.force)
         elif args.command == "analyze":

@@ -308,10 +308,37 @@ class TrainSpec(_Strict):
     loader_threads: int = Field(2, gt=0, description="threads per worker reading and decompressing shard row "
                                                      "groups ahead of the step")
     prefetch_batches: int = Field(2, gt=0, description="batches per worker ready ahead of the step")
-    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between checkpoints")
-    keep_checkpoints: int = Field(2, gt=0)
+    checkpoint_every_min: float | None = Field(
+        30.0, gt=0, description="minutes of training time between checkpoints, on rank 0's clock (the step it "
+                                "falls on is agreed by every worker at the metric reports); a preempted worker "
+                                "loses at most this much training. Unset (null) when only checkpoint_every is "
+                                "wanted; setting checkpoint_every alone unsets it")
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="optimizer steps between checkpoints (with checkpoint_every_min too: whichever "
+                                "comes first)")
+    keep_checkpoints: int = Field(2, gt=0, description="checkpoints of lowest loss kept, besides the latest one "
+                                                       "(always kept: a run resumes from it)")
     log_every: int = Field(10, gt=0)
     max_failures: int = Field(3, ge=-1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_alone(cls, data):
+        # Configs written before checkpoints by time say `checkpoint_every: <steps>` only: they
+        # keep meaning steps, not steps plus the 30-minute default.
+        if isinstance(data, dict) and data.get("checkpoint_every") is not None and "checkpoint_every_min" not in data:
+            data = {**data, "checkpoint_every_min": None}
+        return data
+
+    @model_validator(mode="after")
+    def _some_checkpoints(self):
+        if self.checkpoint_every_min is None and self.checkpoint_every is None:
+            raise ValueError("no checkpoint interval: set train.checkpoint_every_min (minutes of training) or "
+                             "train.checkpoint_every (optimizer steps); without either a lost worker loses the run")
+        if self.checkpoint_every_min is not None and self.checkpoint_every_min * 60 < 1:
+            raise ValueError(f"train.checkpoint_every_min {self.checkpoint_every_min} is under a second: give "
+                             "minutes (e.g. 30), or train.checkpoint_every for an interval in steps")
+        return self
 
 
 class TaskSpec(_Strict):

@@ -12,9 +12,13 @@ import functools
 import hashlib
 import json
 import logging
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +57,16 @@ def _stage_digest(cfg: ExperimentConfig, stage: str) -> str:
         # e.g. a corrupt one removed by hand, re-enters the stage, which writes just that chunk).
         extra = [[(lineage.of_parquet(points_uri(cfg, name)) or {}).get("digest"),
                   [u.rsplit("/", 1)[-1] for u in S.shard_files(cfg.root, name)]] for name, _, _ in _point_sets(cfg)]
+    elif stage in UPSTREAM:
+        # The upstream stage's marker as it was when this stage finished: a later run of that stage
+        # (new shards, a retrained set) re-enters this one, which then reuses what its lineage allows.
+        up = _marker(cfg, UPSTREAM[stage])
+        extra = [UPSTREAM[stage], lineage.bytes_digest(storage.read_bytes(up)) if storage.exists(up) else None]
     return lineage.digest([_digest(cfg), extra]) if extra else _digest(cfg)
+
+
+#: Stages whose "done" marker also stands for the upstream stage's marker (see :func:`_stage_digest`).
+UPSTREAM = {"pretrain": "ingest", "evaluate": "pretrain"}
 
 
 def _marker(cfg: ExperimentConfig, stage: str) -> str:
@@ -68,9 +81,17 @@ def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
 
 
 def _mark(cfg: ExperimentConfig, stage: str, t0: float, **info) -> None:
+    # `finished` makes every marker's bytes new: the stages after it (UPSTREAM) see that it ran again
     storage.write_text(_marker(cfg, stage), json.dumps(
         {"stage": stage, "config": _stage_digest(cfg, stage), "seconds": round(time.perf_counter() - t0, 1),
-         **info}))
+         "finished": time.time(), **info}))
+
+
+def _unmark(cfg: ExperimentConfig, stage: str) -> None:
+    """Drop a stage's "done" marker: a run over some of its sets redid work, so the stage (and the
+    stages after it, through :data:`UPSTREAM`) must check every set again on the next run."""
+    if storage.exists(_marker(cfg, stage)):
+        storage.remove(_marker(cfg, stage))
 
 
 def _skip(cfg: ExperimentConfig, stage: str, force: bool) -> bool:
@@ -79,6 +100,62 @@ def _skip(cfg: ExperimentConfig, stage: str, force: bool) -> bool:
         log.info("%s: already done for this config (took %ss) — skipping; --force reruns it", stage, info["seconds"])
         return True
     return False
+
+
+# ----------------------------------------------------------------------------- sets at once
+class SetsFailed(RuntimeError):
+    """Some sets of a stage failed; the others finished. The stage is not marked done."""
+
+    def __init__(self, stage: str, errors: dict[str, BaseException], done: list[str], extra: list[str] = ()):
+        from pw_ray.runtime import failure_reason
+
+        self.errors = errors
+        lines = [f"{name}: {failure_reason(err)}" for name, err in errors.items()] + list(extra)
+        super().__init__(f"{stage} failed for {', '.join(errors)} ({len(done)} other set(s) finished: "
+                         f"{', '.join(done) or 'none'}; the stage is not marked done, rerun to retry):\n  "
+                         + "\n  ".join(lines))
+
+
+def select_sets(cfg: ExperimentConfig, stage: str, sets: list[str] | None) -> list[str]:
+    """The names of ``--sets`` in config order (every set when None); ingest also takes task names.
+    A name the config does not have is a ``ValueError`` naming the ones it has."""
+    known = [s.name for s in cfg.pretrain_sets] + ([t.name for t in cfg.tasks] if stage == "ingest" else [])
+    if sets is None:
+        return known
+    unknown = [n for n in sets if n not in known]
+    if unknown:
+        what = "pretraining sets and tasks" if stage == "ingest" else "pretraining sets"
+        raise ValueError(f"--sets: {', '.join(unknown)} not in the config; its {what}: {', '.join(known)}")
+    return [n for n in known if n in sets]
+
+
+def per_set(jobs: dict[str, Callable[[], Any]]) -> tuple[dict[str, Any], dict[str, BaseException]]:
+    """Run each set's job at the same time, each in a thread of the driver (the Ray work it submits
+    runs on the cluster: Ray Train runs, Ray Data tasks; the cluster's resources, or the
+    autoscaler, decide how much of it runs at once). Returns (results, errors) by set: one set's
+    failure does not stop the others. A single job runs in the calling thread."""
+    results: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
+    if len(jobs) <= 1:
+        for name, job in jobs.items():
+            try:
+                results[name] = job()
+            except Exception as err:  # noqa: BLE001 - reported with the set's name by the caller
+                log.exception("%s failed", name)
+                errors[name] = err
+        return results, errors
+    pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="pw-ray-set")
+    try:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        for name, fut in futures.items():
+            try:
+                results[name] = fut.result()
+            except Exception as err:  # noqa: BLE001
+                log.error("%s failed", name, exc_info=err)
+                errors[name] = err
+    finally:  # on Ctrl-C, do not wait for the other sets' runs
+        pool.shutdown(wait=not sys.exc_info()[0], cancel_futures=True)
+    return results, errors
 
 
 # ----------------------------------------------------------------------------- the source
@@ -354,12 +431,15 @@ def _say(line: str) -> None:
     log.debug(line)
 
 
-def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None, retry_failed: bool = False) -> None:
+def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None, retry_failed: bool = False,
+           sets: list[str] | None = None) -> None:
     """Index, shards and manifest of every set (each reusing what its lineage allows), then task
-    tables (with the splits plan decided) and the pretraining sets' dataset cards. Exits non-zero,
-    naming the sets and their commonest reasons, when a set failed more than
-    ``chips.max_failed_fraction`` of its chips or produced none; the stage is then not marked
-    done and the next run retries."""
+    tables (with the splits plan decided) and the pretraining sets' dataset cards; all sets at
+    once, each in a thread of the driver (:func:`per_set`). Exits non-zero, naming the sets and
+    their commonest reasons, when a set failed more than ``chips.max_failed_fraction`` of its chips
+    or produced none, or failed outright; the other sets finish first, the stage is then not
+    marked done and the next run retries. ``sets``: only these sets and tasks (``--sets``; the
+    stage is then never marked done)."""
     from pw_ray.cards import write_dataset_card
     from pw_ray.evaluate import tasks as T
     from pw_ray.ingest import shards as S
@@ -367,12 +447,13 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
     from pw_ray.ingest.pipeline import run_ingest
     from pw_ray.splits import read_splits
 
+    names = select_sets(cfg, "ingest", sets)
     if not retry_failed and _skip(cfg, "ingest", force):
         return
     t0 = time.perf_counter()
     src = src or source(cfg)
-    summaries, over_budget = {}, []
-    for name, kind, spec in _point_sets(cfg):
+
+    def ingest_one(name: str, kind: str, spec) -> tuple[dict, str | None]:
         pts = storage.read_table(points_uri(cfg, name)).to_pandas()
         if kind == "task" and spec.kind in ("fmow", "geobench"):
             # Imported benchmarks: chips straight from their images, their own split kept.
@@ -384,13 +465,11 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
         else:
             s = run_ingest(cfg.root, name, pts, src.searcher, src.adapter, cfg.chips, src.landcover,
                            force=force, retry_failed=retry_failed)
-        summaries[name] = s.record()
         for line in s.reuse_lines():
             _say(f"ingest {line}")
         _say(f"ingest {s.line()}")
         if err := s.budget_error(cfg.chips.max_failed_fraction):
-            over_budget.append(err)
-            continue
+            return s.record(), err
         if kind == "pretrain":
             write_dataset_card(cfg, name, config_digest=_digest(cfg))  # diversity: filled in by analyze
         if kind == "task" and spec.kind not in ("fmow", "geobench"):
@@ -398,32 +477,73 @@ def ingest(cfg: ExperimentConfig, force: bool = False, src: Source | None = None
             if spec.kind == "points":  # the user's labels, by point (every season's chip gets its point's)
                 meta = meta.merge(pts[["point_id", "label"]], on="point_id", how="left", validate="many_to_one")
             T.write_task(cfg.root, spec, T.build_labels(meta, spec, src.lc_names, splits=read_splits(cfg.root, name)))
+        return s.record(), None
+
+    done, errors = per_set({name: functools.partial(ingest_one, name, kind, spec)
+                            for name, kind, spec in _point_sets(cfg) if name in names})
+    summaries = {name: done[name][0] for name in names if name in done}
+    over_budget = [done[name][1] for name in names if name in done and done[name][1]]
+    if errors:
+        raise SetsFailed("ingest", errors, [n for n in names if n in done], over_budget)
     if over_budget:
         raise FailureBudgetExceeded("ingest over its failure budget (the stage is not marked done; rerun "
                                     "to retry transient failures, --retry-failed for permanent ones):\n  "
                                     + "\n  ".join(over_budget))
-    _mark(cfg, "ingest", t0, summaries=summaries)
+    if sets is None:
+        _mark(cfg, "ingest", t0, summaries=summaries)
+    else:
+        _unmark(cfg, "ingest")
 
 
-def pretrain(cfg: ExperimentConfig, force: bool = False) -> None:
+def pretrain(cfg: ExperimentConfig, force: bool = False, sets: list[str] | None = None,
+             train_loop: Callable | None = None) -> None:
+    """One Ray Train run per set, all sets at once (each run asks the cluster for its workers:
+    the autoscaler adds GPU nodes for them, a fixed cluster queues them), each with its own run
+    name, storage path and failure budget. A set whose export records its lineage and steps is
+    reused; the line of each set says what was reused or redone and why. Sets that fail do not
+    stop the others: the stage then exits non-zero naming them, and is not marked done.
+    ``sets``: only these (``--sets``); ``train_loop`` replaces the worker loop (tests)."""
     from pw_ray.cards import write_model_card
-    from pw_ray.pretrain.trainer import export_zero, pretrain_set
+    from pw_ray.pretrain import trainer as T
 
+    names = select_sets(cfg, "pretrain", sets)
     if _skip(cfg, "pretrain", force):
         return
     t0 = time.perf_counter()
-    out = {}
-    for s in cfg.pretrain_sets:
-        out[s.name] = pretrain_set(cfg, s.name)
-        r = out[s.name]
-        resumed = f", resumed at step {r['start_step']}" if r.get("start_step") else ""
-        loss = f", final loss {r['final_loss']:.4f}" if r.get("final_loss") is not None else ""
-        print(f"pretrain {s.name}: {r.get('steps')} steps{resumed}{loss}", flush=True)
-        write_model_card(cfg, s.name, config_digest=_digest(cfg))
-    if cfg.evaluation.include_zero:
-        out["zero"] = export_zero(cfg)
-        write_model_card(cfg, "zero", config_digest=_digest(cfg))
-    _mark(cfg, "pretrain", t0, runs=out)
+    plans, plan_errors = {}, {}
+    for name in names:
+        try:  # reads the set's shard footers: a set without shards fails here, alone
+            plans[name] = T.plan_run(cfg, name, force)
+        except Exception as err:  # noqa: BLE001 - reported with the set's name below
+            log.error("pretrain %s failed", name, exc_info=err)
+            plan_errors[name] = err
+            continue
+        _say(plans[name].line())
+    kw = {"train_loop": train_loop} if train_loop else {}
+    out, errors = per_set({p.set_name: functools.partial(T.train_run, cfg, p, **kw)
+                           for p in plans.values() if p.why is not None})
+    errors = {n: (plan_errors | errors)[n] for n in names if n in plan_errors or n in errors}
+    for name in names:
+        if name in out:
+            r = out[name]
+            resumed = f", resumed at step {r['start_step']}" if r.get("start_step") else ""
+            loss = f", final loss {r['final_loss']:.4f}" if r.get("final_loss") is not None else ""
+            _say(f"pretrain {name}: {r.get('steps')} steps{resumed}{loss} (run {r['run']})")
+        elif name not in errors:
+            out[name] = plans[name].done
+        if name in out:
+            write_model_card(cfg, name, config_digest=_digest(cfg))
+    if cfg.evaluation.include_zero and sets is None:
+        out[T.ZERO] = T.export_zero(cfg, force=force)
+        why = out[T.ZERO]["decision"]
+        _say(f"pretrain zero: {why} → random encoder exported" if why else "pretrain zero: reused (inputs unchanged)")
+        write_model_card(cfg, T.ZERO, config_digest=_digest(cfg))
+    if errors:
+        raise SetsFailed("pretrain", errors, [n for n in names if n in out])
+    if sets is None:
+        _mark(cfg, "pretrain", t0, runs=out)
+    elif any(p.why is not None for p in plans.values()):
+        _unmark(cfg, "pretrain")
 
 
 def evaluate(cfg: ExperimentConfig, force: bool = False) -> pd.DataFrame:

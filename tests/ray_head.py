@@ -105,8 +105,11 @@ class RayHead:
     """``with RayHead(num_cpus=2) as head:`` — a running head; ``head.env`` for Ray CLI calls."""
 
     def __init__(self, num_cpus: int = 2, num_gpus: int = 0, fake_autoscaling: dict | None = None,
-                 start_timeout_s: float = 240):
+                 start_timeout_s: float = 240, extra_env: dict | None = None, object_store_mb: int | None = None):
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.object_store_mb = object_store_mb
+        self.worker_sids: list[int] = []  # the sessions of `ray start --address` (worker raylets)
+        self.worker_temp_dirs: list[str] = []  # a temp dir per worker raylet (see add_worker)
         self.fake_autoscaling = fake_autoscaling
         self.start_timeout_s = start_timeout_s
         self.temp_dir = tempfile.mkdtemp(prefix="pwh-", dir="/tmp")
@@ -120,6 +123,7 @@ class RayHead:
                    PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         if fake_autoscaling is not None:
             env["RAY_FAKE_CLUSTER"] = "1"
+        env.update(extra_env or {})  # e.g. a node's credentials: every process of the cluster inherits them
         self.env = env
 
     # ------------------------------------------------------------------ start / stop
@@ -130,6 +134,8 @@ class RayHead:
                f"--dashboard-agent-listen-port={self.agent_port}",
                "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
                f"--num-cpus={self.num_cpus}", f"--num-gpus={self.num_gpus}"]
+        if self.object_store_mb:
+            cmd.append(f"--object-store-memory={self.object_store_mb * 2**20}")
         if self.fake_autoscaling is not None:
             path = Path(self.temp_dir) / "fake-cluster.yaml"
             conf = copy.deepcopy(self.fake_autoscaling)
@@ -151,6 +157,35 @@ class RayHead:
         self._wait_for_job_server()
         return self
 
+    def add_workers(self, count: int, num_cpus: int, resources: dict | None = None) -> None:
+        """Start ``count`` more raylets on this machine that join the head (worker nodes), at once:
+        each with its own free ports, its own session (stopped with the head) and its own temp dir
+        (raylets sharing one would share ``runtime_resources/``, where each node's runtime-env agent
+        deletes the job's unpacked working dir when its own reference to it ends: the cwd of a
+        driver on another node)."""
+        procs = []
+        for _ in range(count):
+            temp_dir = tempfile.mkdtemp(prefix="pww-", dir="/tmp")
+            self.worker_temp_dirs.append(temp_dir)
+            cmd = [RAY, "start", f"--address={self.gcs_address}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+                   f"--resources={json.dumps(resources or {})}", f"--temp-dir={temp_dir}",
+                   "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
+                   f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+            if self.object_store_mb:
+                cmd.append(f"--object-store-memory={self.object_store_mb * 2**20}")
+            proc = subprocess.Popen(cmd, env=self.env, cwd=temp_dir, start_new_session=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.worker_sids.append(proc.pid)
+            procs.append(proc)
+        for proc in procs:
+            try:
+                out, _ = proc.communicate(timeout=self.start_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"ray start --address (a worker node) failed ({proc.returncode}):\n{out}")
+
     def _wait_for_job_server(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
@@ -168,8 +203,9 @@ class RayHead:
         """This head's live processes (pid → command line): its temp dir in the command line,
         its session, and their descendants. Read from /proc (Linux)."""
         table = _proc_table()
-        ours = {pid for pid, (ppid, sid, cmd) in table.items()
-                if self.temp_dir in cmd or (self.sid is not None and sid == self.sid)}
+        sids = {self.sid, *self.worker_sids} - {None}
+        dirs = [self.temp_dir, *self.worker_temp_dirs]
+        ours = {pid for pid, (ppid, sid, cmd) in table.items() if sid in sids or any(d in cmd for d in dirs)}
         children: dict[int, list[int]] = {}
         for pid, (ppid, _, _) in table.items():
             children.setdefault(ppid, []).append(pid)
@@ -195,7 +231,8 @@ class RayHead:
                     pass
             time.sleep(1)  # let them die (and a dying parent's last fork show up)
         left = [f"{pid} {cmd[:200]}" for pid, cmd in self.processes().items()]
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for d in [self.temp_dir, *self.worker_temp_dirs]:
+            shutil.rmtree(d, ignore_errors=True)
         return left
 
     def __enter__(self) -> RayHead:

@@ -165,6 +165,35 @@ def test_paper_config_is_the_papers_vit_b_recipe():
     t = cfg.train
     assert (t.epochs, t.warmup_epochs, t.batch_size * t.accum_steps * t.num_workers) == (50, 5, 4096)
     assert (t.blr, t.weight_decay, t.precision) == (1e-4, 0.05, "fp16")
+    assert (t.checkpoint_every_min, t.checkpoint_every) == (30, None)  # a preempted spot GPU loses ≤ 30 min
+
+
+def test_checkpoints_are_by_time_by_default_and_steps_alone_keep_meaning_steps():
+    train = {k: v for k, v in TINY_CONFIG["train"].items() if k != "checkpoint_every"}
+    t = parse_config(_with(train=train)).train
+    assert (t.checkpoint_every_min, t.checkpoint_every) == (30.0, None)
+    t = parse_config(_with(train={**train, "checkpoint_every": 7})).train  # a config from before
+    assert (t.checkpoint_every_min, t.checkpoint_every) == (None, 7)
+    t = parse_config(_with(train={**train, "checkpoint_every": 7, "checkpoint_every_min": 5})).train
+    assert (t.checkpoint_every_min, t.checkpoint_every) == (5.0, 7)  # whichever comes first
+    from pw_ray.config import dump_config
+    import yaml
+
+    again = parse_config(yaml.safe_load(dump_config(parse_config(_with(train={**train, "checkpoint_every": 7})))))
+    assert (again.train.checkpoint_every_min, again.train.checkpoint_every) == (None, 7)
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"checkpoint_every_min": None}, "train: no checkpoint interval: set train.checkpoint_every_min"),
+    ({"checkpoint_every_min": 0.001}, "train: train.checkpoint_every_min 0.001 is under a second"),
+    ({"checkpoint_every_min": -5}, "train.checkpoint_every_min: Input should be greater than 0"),
+    ({"checkpoint_every": 0}, "train.checkpoint_every: Input should be greater than 0"),
+    ({"keep_checkpoints": 0}, "train.keep_checkpoints: Input should be greater than 0"),
+])
+def test_nonsense_checkpoint_intervals_name_the_field(train, message):
+    base = {k: v for k, v in TINY_CONFIG["train"].items() if k != "checkpoint_every"}
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse_config(_with(train={**base, **train}))
 
 
 def _without_tasks(**changes):
@@ -212,3 +241,16 @@ def test_train_fraction_and_seeds_are_checked():
         parse_config(_with(evaluation={"train_fraction": 0}))
     with pytest.raises(ConfigError, match=r"evaluation\.seeds"):
         parse_config(_with(evaluation={"seeds": []}))
+
+
+def test_a_dumped_config_loads_again():
+    """dump_config names every field with its default (config.yaml under the root, estimate's flags)."""
+    import yaml
+
+    from pw_ray.config import dump_config
+
+    for path in ("configs/paper.yaml", "configs/demo.yaml"):
+        from pathlib import Path
+
+        cfg = load_config(Path(__file__).parents[1] / path, check_root=False)
+        assert parse_config(yaml.safe_load(dump_config(cfg))) == cfg, path

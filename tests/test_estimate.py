@@ -188,7 +188,7 @@ def test_the_estimate_matches_what_the_tiny_run_wrote(tiny_run):
 
     from pw_ray import storage
     from pw_ray.estimate import estimate
-    from pw_ray.estimate.stages import checkpoints_kept
+    from pw_ray.estimate.stages import checkpoints_kept, checkpoints_written
     from pw_ray.ingest import shards as S
     from pw_ray.models.flops import costs_for
     from pw_ray.pretrain.trainer import export_dir, run_dir
@@ -218,9 +218,11 @@ def test_the_estimate_matches_what_the_tiny_run_wrote(tiny_run):
     costs = costs_for(cfg)
     for s in cfg.pretrain_sets:
         summary = json.loads(storage.read_text(storage.join(export_dir(cfg.root, s.name), "summary.json")))
-        ckpts = sorted(Path(run_dir(cfg.root, s.name)).glob("checkpoint_*/state.pt"))
-        assert len(ckpts) == checkpoints_kept(summary["total_steps"], cfg.train.checkpoint_every,
-                                              cfg.train.keep_checkpoints)
+        ckpts = sorted(Path(run_dir(cfg.root, s.name, summary["run"])).glob("checkpoint_*/state.pt"))
+        written = checkpoints_written(summary["total_steps"], cfg.train.checkpoint_every)
+        assert written == summary["checkpoints_written"]
+        assert min(cfg.train.keep_checkpoints, written) <= len(ckpts) <= checkpoints_kept(written,
+                                                                                           cfg.train.keep_checkpoints)
         for c in ckpts:
             assert c.stat().st_size == pytest.approx(costs.checkpoint_bytes, rel=0.03)
         encoder = Path(export_dir(cfg.root, s.name)) / "encoder.pt"

@@ -160,11 +160,12 @@ def _snapshot(dst: Path) -> Path:
 
 
 def _submit(head, submission_id: str, *entrypoint: str, checkout: Path, timeout: float = 900,
-            log_dir: Path | None = None) -> tuple[str, str]:
-    """`ray job submit … --working-dir . -- python …` from ``checkout``, waiting; returns (status, logs)."""
+            log_dir: Path | None = None, submit_args: tuple[str, ...] = ()) -> tuple[str, str]:
+    """`ray job submit … --working-dir . -- python …` from ``checkout``, waiting; returns (status, logs).
+    ``submit_args``: more options of `ray job submit` (e.g. ``--runtime-env-json``)."""
     t0 = time.monotonic()
     sub = head.ray_cli("job", "submit", "--address", head.dashboard_url, "--submission-id", submission_id,
-                       "--working-dir", ".", "--", "python", *entrypoint, timeout=timeout, cwd=checkout)
+                       *submit_args, "--working-dir", ".", "--", "python", *entrypoint, timeout=timeout, cwd=checkout)
     from ray.job_submission import JobSubmissionClient  # HTTP only: no ray.init in this process
 
     client = JobSubmissionClient(head.dashboard_url)

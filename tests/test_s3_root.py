@@ -69,7 +69,7 @@ def test_whole_pipeline_runs_on_an_s3_root(s3_run, s3_root, s3_server):
     for s in sets:
         assert any(r.startswith(f"shards/{s}/parquet/") and r.endswith(".parquet") for r in rel), s
         # Ray Train's run dir (checkpoints) and the encoder export live in the bucket.
-        assert any(r.startswith(f"runs/pretrain/{s}/checkpoint_") for r in rel), s
+        assert any(r.startswith(f"runs/pretrain/{s}/{s}-") and "/checkpoint_" in r for r in rel), s
         assert f"runs/pretrain/{s}/export/encoder.pt" in rel and f"runs/pretrain/{s}/export/config.json" in rel
         for task in ("landcover", "population"):
             assert f"runs/embeddings/{s}/{task}.parquet" in rel

@@ -247,13 +247,24 @@ def _ingest(cfg, sets, chips_of, per_chip, parquet_src, rates) -> StageEstimate:
     return st
 
 
-def checkpoints_written(total_steps: int, every: int) -> int:
-    """Checkpoints one run writes: every ``every`` optimizer steps, and at the last step."""
-    return total_steps // every + (1 if total_steps % every else 0)
+def checkpoints_written(total_steps: int, every: int | None, run_minutes: float | None = None,
+                        every_min: float | None = None) -> int | None:
+    """Checkpoints one run writes: every ``every`` optimizer steps and/or every ``every_min``
+    minutes of its ``run_minutes`` of training (whichever interval is shorter sets the count), and
+    at the end. None when the interval is in minutes and the run's duration is unknown."""
+    counts = []
+    if every:
+        counts.append(total_steps // every + (1 if total_steps % every else 0))
+    if every_min:
+        if run_minutes is None:
+            return None
+        counts.append(max(1, math.ceil(run_minutes / every_min)))
+    return max(counts)
 
 
-def checkpoints_kept(total_steps: int, every: int, keep: int) -> int:
-    return min(keep, checkpoints_written(total_steps, every))
+def checkpoints_kept(written: int, keep: int) -> int:
+    """Checkpoints a run keeps at most: the ``keep`` of lowest loss and the latest (Ray Train's rule)."""
+    return min(keep + 1, written)
 
 
 def _gpu_hours(flops: float | None, samples: float | None, rates: Rates) -> Figure:
@@ -294,14 +305,30 @@ def _pretrain(cfg, chips_of, per_chip, costs, rates) -> StageEstimate:
     st.figures["bytes_read"] = Figure(float(sum(n * t.epochs for _, n in sets)) * per_chip["parquet"],
                                       "every epoch streams its set's Parquet shards")
     ckpt, enc = costs.checkpoint_bytes, costs.encoder_bytes
-    written = sum(checkpoints_written(s, t.checkpoint_every) for s in steps.values())
-    kept = sum(checkpoints_kept(s, t.checkpoint_every, t.keep_checkpoints) for s in steps.values())
+    # A run's minutes of training: its share of the GPU-hours on its num_workers GPUs.
+    gpu_h, total_steps_all = st.figures["gpu_hours"].value if t.use_gpu else None, sum(steps.values())
+    minutes = {n: None if not gpu_h or not total_steps_all else gpu_h * 60 * s / total_steps_all / t.num_workers
+               for n, s in steps.items()}
+    per_run = {n: checkpoints_written(s, t.checkpoint_every, minutes[n], t.checkpoint_every_min)
+               for n, s in steps.items()}
+    intervals = " and ".join(
+        ([f"every train.checkpoint_every_min {t.checkpoint_every_min:g} min of a run's "
+          + (f"{next(iter(minutes.values())) / 60:,.1f} h" if len(set(minutes.values())) == 1 and gpu_h else "hours")
+          + " (its GPU-hours ÷ num_workers)"] if t.checkpoint_every_min else [])
+        + ([f"every train.checkpoint_every {t.checkpoint_every} steps"] if t.checkpoint_every else []))
+    if any(v is None for v in per_run.values()):
+        st.figures["bytes_written"] = Figure(None, f"checkpoints {intervals}: unknown without the runs' hours "
+                                                   "(GPU-hours above)")
+        st.figures["checkpoint_bytes"] = Figure(None, "checkpoints kept: unknown without the number written")
+        return st
+    written = sum(per_run.values())
+    kept = sum(checkpoints_kept(w, t.keep_checkpoints) for w in per_run.values())
     st.figures["bytes_written"] = Figure(written * ckpt + len(sets) * enc, (
-        f"{written:,} checkpoints (every train.checkpoint_every {t.checkpoint_every} steps and at the end) × "
+        f"{written:,} checkpoints ({intervals}, and at the end) × "
         f"{ckpt / 2**30:,.3f} GiB (model + AdamW moments, {costs.parameters:,} parameters) + exports"))
     st.figures["checkpoint_bytes"] = Figure(kept * ckpt + len(sets) * enc, (
-        f"{kept} checkpoints kept (train.keep_checkpoints {t.keep_checkpoints} per set) × {ckpt / 2**30:,.3f} GiB + "
-        f"{len(sets)} exported encoders × {enc / 2**20:,.1f} MiB"))
+        f"{kept} checkpoints kept at most (train.keep_checkpoints {t.keep_checkpoints} of lowest loss + the latest, "
+        f"per set) × {ckpt / 2**30:,.3f} GiB + {len(sets)} exported encoders × {enc / 2**20:,.1f} MiB"))
     return st
 
 

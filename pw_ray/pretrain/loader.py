@@ -33,13 +33,13 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pw_ray import storage
+from pw_ray import lineage, storage
 from pw_ray.ingest.shards import column_pixels, shard_footers
 
 #: Threads that read footers in :func:`read_catalog` (object stores answer many small reads at once).
@@ -52,12 +52,15 @@ class ShardCatalog:
     """The set's shard files and their row groups, read from the footers once per run.
 
     ``uris``: the Parquet files (local paths or ``s3://``/``gs://`` URIs, one filesystem);
-    ``row_groups``: chips per row group of each file; ``shape``: a chip's ``(C, H, W)``.
+    ``row_groups``: chips per row group of each file; ``shape``: a chip's ``(C, H, W)``;
+    ``chunk_digests``: each file's lineage digest (what ingest made the chunk from; "" for a
+    shard without one), the pretraining run's input (:func:`pw_ray.pretrain.trainer.shards_digest`).
     """
 
     uris: tuple[str, ...]
     row_groups: tuple[tuple[int, ...], ...]
     shape: tuple[int, int, int]
+    chunk_digests: tuple[str, ...] = field(default=(), compare=False)  # the driver's only: not in to_dict
 
     @property
     def n_chips(self) -> int:
@@ -99,7 +102,8 @@ def read_catalog(uris: Sequence[str], set_name: str = "", threads: int = CATALOG
         if shape != shapes[0]:
             raise ValueError(f"shard {uri} holds chips of shape {shape}, the set's first file {shapes[0]}")
     row_groups = tuple(tuple(m.row_group(i).num_rows for i in range(m.num_row_groups)) for m in metas)
-    return ShardCatalog(tuple(uris), row_groups, tuple(int(v) for v in shapes[0]))
+    digests = tuple((lineage.from_metadata(m.metadata) or {}).get("digest", "") for m in metas)
+    return ShardCatalog(tuple(uris), row_groups, tuple(int(v) for v in shapes[0]), digests)
 
 
 # ----------------------------------------------------------------------------- the epoch plan

@@ -1,6 +1,6 @@
 """Training metrics as TensorBoard event files under the run dir, and a reader for them.
 
-Rank 0 of a pretraining run writes ``<root>/runs/pretrain/<set>/tensorboard/events.out.tfevents.*``
+Rank 0 of a pretraining run writes ``<root>/runs/pretrain/<set>/<run>/tensorboard/events.out.tfevents.*``
 (one file per worker-group start, so a resumed or restarted run adds a file; the steps
 continue). ``tensorboard --logdir <root>/runs/pretrain`` shows every set side by side.
 

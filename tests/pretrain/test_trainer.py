@@ -31,60 +31,12 @@ from pw_ray.config import parse_config
 from pw_ray.ingest import shards as S
 from pw_ray.pretrain import trainer as T
 from pw_ray.pretrain.metrics import read_scalars
-from tests.conftest import TINY_CONFIG
+from tests.pretrain.runs import (CHIPS, SET, checkpoints, ckpt_step, config, registered_checkpoint_step,
+                                 root_with_shards, run_dir, steps_by_file)
 
-SET = "eu"
-CHIPS = 48
 MULTINODE = Path(__file__).with_name("multinode_run.py")
-
-
-def _config(root: Path, normalization: str = "fmow", **train) -> dict:
-    """A one-set tiny experiment: 48 chips of 32 px; 2 workers × batch 2 = 12 steps per epoch."""
-    return dict(
-        TINY_CONFIG, root=str(root), tasks=[], evaluation={"include_zero": False},
-        model={"preset": "tiny", "patch_size": 8, "normalization": normalization},
-        stac={**TINY_CONFIG["stac"], "synthetic": {**TINY_CONFIG["stac"]["synthetic"], "cloudy_fraction": 0.0}},
-        pretrain_sets=[{"name": SET, "region": "eu", "size": CHIPS, "seed": 1}],
-        train={"epochs": 20, "batch_size": 2, "num_workers": 2, "cpus_per_worker": 0.5, "blr": 0.05,
-               "checkpoint_every": 4, "keep_checkpoints": 2, "log_every": 1, "max_failures": 2, **train},
-    )
-
-
-@pytest.fixture(scope="module")
-def shards_root(ray_session, tmp_path_factory) -> Path:
-    """A root holding the ingested shards of one 48-chip set (plan + ingest of the real pipeline)."""
-    from pw_ray import experiment as E
-
-    root = tmp_path_factory.mktemp("pretrain-shards") / "root"
-    cfg = parse_config(_config(root))
-    src = E.source(cfg)
-    E.plan(cfg, src=src)
-    E.ingest(cfg, src=src)
-    assert len(S.read_set(str(root), SET, columns=["chip_id"])) == CHIPS
-    return root
-
-
-def _root_with_shards(shards_root: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    shutil.copytree(shards_root / "shards", root / "shards")
-    return root
-
-
-def _checkpoints(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "runs" / "pretrain" / SET).glob("checkpoint_*") if p.is_dir())
-
-
-def _ckpt_step(path: Path) -> int:
-    return T.load_state(path / T.STATE_FILE)["step"]
-
-
-def _steps_by_file(root: Path, tag: str = "loss") -> list[list[int]]:
-    """The steps logged by each worker-group start, in order."""
-    by_file = defaultdict(list)
-    for s in read_scalars(str(root / "runs" / "pretrain" / SET / "tensorboard")):
-        if s.tag == tag:
-            by_file[s.file].append(s.step)
-    return list(by_file.values())
+_config = config
+_root_with_shards = root_with_shards
 
 
 class _Records(logging.Handler):
@@ -111,10 +63,11 @@ def run(shards_root, tmp_path_factory):
     finally:
         logger.removeHandler(records)
         logger.setLevel(level)
-    return {"cfg": cfg, "root": root, "summary": summary, "wall_s": time.perf_counter() - t0,
+    run = run_dir(root)
+    return {"cfg": cfg, "root": root, "run": run, "summary": summary, "wall_s": time.perf_counter() - t0,
             "log": [r.getMessage() for r in records.records],
-            "checkpoint_steps": [_ckpt_step(p) for p in _checkpoints(root)],
-            "scalars": read_scalars(str(root / "runs" / "pretrain" / SET / "tensorboard"))}
+            "checkpoint_steps": [ckpt_step(p) for p in checkpoints(run)],
+            "scalars": read_scalars(str(run / "tensorboard"))}
 
 
 def test_two_worker_run_trains_every_step_and_exports(run):
@@ -126,8 +79,25 @@ def test_two_worker_run_trains_every_step_and_exports(run):
     assert {p.name for p in export.iterdir()} == {"encoder.pt", "config.json", "summary.json"}
 
 
-def test_checkpoints_land_in_the_run_dir_and_only_the_last_k_are_kept(run):
-    assert run["checkpoint_steps"] == [8, 12]  # every 4 steps, keep_checkpoints = 2
+def test_checkpoints_land_in_the_run_dir_and_only_the_best_k_and_the_latest_are_kept(run):
+    written = [s.step for s in run["scalars"] if s.tag == "checkpoint_mb"]
+    assert written == [4, 8, 12]  # every 4 steps
+    loss = {s.step: s.value for s in run["scalars"] if s.tag == "loss"}  # what Ray scored each checkpoint by
+    best_two = sorted(written, key=lambda k: loss[k])[:2]  # keep_checkpoints = 2, lowest loss
+    assert run["checkpoint_steps"] == sorted(set(best_two) | {12})  # and the latest, which a resume needs
+    assert run["run"].name == run["summary"]["run"] and run["run"].name.startswith(f"{SET}-")
+
+
+def test_checkpoint_size_and_write_time_are_reported(run):
+    s = run["summary"]
+    sizes = [v.value for v in run["scalars"] if v.tag == "checkpoint_mb"]
+    assert s["checkpoint_mb"] == pytest.approx(sizes[-1]) and s["checkpoints_written"] == 3
+    state_mb = (checkpoints(run["run"])[-1] / T.STATE_FILE).stat().st_size / 2**20
+    assert s["checkpoint_mb"] == pytest.approx(state_mb, rel=1e-6)
+    writes = [v.value for v in run["scalars"] if v.tag == "checkpoint_write_s"]
+    assert len(writes) == 3 and all(w > 0 for w in writes)
+    assert s["checkpoint_write_s"] == pytest.approx(writes[1])  # the last write known when the last checkpoint reported
+    assert 0 < s["checkpoint_save_s"]
 
 
 def test_tensorboard_logs_loss_lr_and_throughput_every_step(run):
@@ -156,7 +126,7 @@ def test_set_statistics_are_computed_from_the_shards_and_exported(run):
 
 def test_export_reproduces_the_checkpoints_embeddings(run):
     enc, conf = T.load_encoder(str(run["root"]), SET)
-    last = _checkpoints(run["root"])[-1]
+    last = checkpoints(run["run"])[-1]
     state = T.load_state(last / T.STATE_FILE)
     model = T._build_model(state["config"])
     model.load_state_dict(state["model"])
@@ -185,7 +155,7 @@ def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(run):
     cfg = parse_config(_config(run["root"], "set", max_steps=18))
     summary = T.pretrain_set(cfg, SET)
     assert (summary["start_step"], summary["steps"]) == (12, 18)
-    first, second = _steps_by_file(run["root"])[:2]
+    first, second = steps_by_file(run["run"])[:2]
     assert first[-1] == 12 and second[0] == 13
     assert T.pretrain_set(cfg, SET)["steps"] == 18  # done: a third call skips
 
@@ -207,15 +177,6 @@ def _alive_train_worker_pids() -> list[int]:
 
     return [a["Pid"] for a in ray._private.state.actors().values()
             if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
-
-
-def _registered_checkpoint_step(root: Path) -> int:
-    """The step of the latest checkpoint Ray Train has registered (0: none yet)."""
-    try:
-        snap = json.loads((root / "runs" / "pretrain" / SET / "checkpoint_manager_snapshot.json").read_text())
-        return int((snap.get("latest_checkpoint_result") or {}).get("metrics", {}).get("step", 0))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
 
 
 def _loop_with_slow_steps(seconds: float):
@@ -245,14 +206,14 @@ def test_a_killed_worker_costs_at_most_one_checkpoint_interval(shards_root, tmp_
     fit = threading.Thread(target=lambda: out.update(summary=T.pretrain_set(cfg, SET, _loop_with_slow_steps(0.5))))
     fit.start()
     deadline = time.monotonic() + 180
-    while _registered_checkpoint_step(root) < 5 and time.monotonic() < deadline:
+    while registered_checkpoint_step(root) < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
-    registered, pids = _registered_checkpoint_step(root), _alive_train_worker_pids()
+    registered, pids = registered_checkpoint_step(root), _alive_train_worker_pids()
     assert registered == 5 and len(pids) == 2
     os.kill(pids[-1], signal.SIGKILL)
     fit.join(timeout=300)
     assert not fit.is_alive() and out["summary"]["steps"] == 15
-    runs = _steps_by_file(root)
+    runs = steps_by_file(run_dir(root))
     assert len(runs) == 2, "the worker group restarted once"
     resumed_from, lost = runs[1][0] - 1, runs[0][-1] - (runs[1][0] - 1)
     assert resumed_from == registered and 0 <= lost <= 5
