@@ -47,12 +47,13 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
     # of Ray's helper actors) stays in Ray's log folder unless the user asked for DEBUG.
     log_to_driver = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=log_to_driver)
+    held = hold_ray_messages()  # ray.init's own notices, until its log folder exists
     if address:
         info = ray.init(address=address, **kwargs)
     else:
         info = ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
     logs_dir = ray_logs_dir(info)
-    route_ray_output(logs_dir)
+    route_ray_output(logs_dir, held)
     quiet_ray_data()
     ctx = ray.get_runtime_context()
     log.info("ray: %s %s (job %s), resources %s",
@@ -81,26 +82,56 @@ def ray_logs_dir(info) -> str:
     return logs
 
 
-def route_ray_output(logs_dir: str) -> str:
+def _raise_ray_console(names=("ray", "ray.data", "ray.train", "ray.tune")) -> None:
+    for name in names:
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout):
+                h.setLevel(logging.ERROR)
+
+
+def hold_ray_messages() -> logging.Handler:
+    """Before ``ray.init``: keep Ray's messages below ERROR off the console and hold them in memory
+    (e.g. the token-authentication notice of a new local cluster) until :func:`route_ray_output`
+    writes them to the log file, which exists only once Ray has started."""
+    import logging.handlers
+
+    import ray  # noqa: F401 - its import sets up the "ray" logger and its console handler
+
+    _raise_ray_console(("ray",))
+    held = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+    held._pw_ray = True
+    logging.getLogger("ray").addHandler(held)
+    return held
+
+
+def route_ray_output(logs_dir: str, held: logging.Handler | None = None) -> str:
     """Send Ray's driver-side messages to ``<logs_dir>/pw-ray-driver.log``; the console keeps errors.
 
     Ray's loggers (``ray``, ``ray.data``) print to stderr and do not propagate; their console
-    handlers are raised to ERROR and a file handler gets everything. Python warnings raised
-    inside Ray's package (e.g. Ray Data's concurrency hints) go to the same file. Returns the path.
+    handlers are raised to ERROR and a file handler gets everything. ``ray.data`` is imported
+    first: its import configures its loggers anew (a console handler at INFO that would print, e.g.,
+    a line for every dataset started while another runs, as the sets at once do). Python warnings
+    raised inside Ray's package (e.g. Ray Data's concurrency hints) go to the same file.
+    ``held``: what :func:`hold_ray_messages` kept during ``ray.init``, written to the file first.
+    Returns the path.
     """
     import warnings
 
     import ray
+    import ray.data  # noqa: F401 - its import configures the "ray.data" loggers: route them after that
 
     path = os.path.join(logs_dir, RAY_DRIVER_LOG)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler._pw_ray = True
+    if held is not None:
+        logging.getLogger("ray").removeHandler(held)
+        held.setTarget(handler)
+        held.flush()
+        held.close()
+    _raise_ray_console()
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         lg = logging.getLogger(name)
-        for h in lg.handlers:
-            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout):
-                h.setLevel(logging.ERROR)
         if not any(getattr(h, "_pw_ray", False) for h in lg.handlers) and (lg.handlers or name == "ray"):
             lg.addHandler(handler)
     ray_dir = os.path.dirname(ray.__file__) + os.sep

@@ -70,3 +70,32 @@ def test_tune_trials_get_no_aws_credentials_in_their_runtime_env(monkeypatch):
     after = env_vars()
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(after)
     assert after["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"  # Ray's own settings still travel
+
+
+def test_ray_init_notices_and_ray_data_lines_reach_the_log_file_not_the_console(tmp_path):
+    # The order of a real driver: Ray imported, ray.data not yet; ray.init's notices (e.g. the
+    # token-authentication one) come before its log folder exists; datasets started at once (the
+    # sets at once) make Ray Data log a line per dataset at INFO on its own console handler.
+    code = textwrap.dedent(f"""
+        import logging, sys
+        from pw_ray.runtime import hold_ray_messages, route_ray_output, setup_logging
+        setup_logging("INFO")
+        assert "ray.data" not in sys.modules
+        held = hold_ray_messages()
+        logging.getLogger("ray").warning("notice-during-ray-init")
+        path = route_ray_output({str(tmp_path)!r}, held)
+        print("LOG", path)
+        from ray.data._internal import logging as data_logging
+        data_logging.register_dataset_logger("dataset_one")
+        data_logging.register_dataset_logger("dataset_two")  # "registers for logging while another …"
+        logging.getLogger("ray.data").warning("ray-data-warning")
+        logging.getLogger("ray.data").error("ray-data-error")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    logged = (tmp_path / "pw-ray-driver.log").read_text()
+    for text in ("notice-during-ray-init", "ray-data-warning", "registers for logging"):
+        assert text in logged, text
+        assert text not in r.stderr, text
+    assert "ray-data-error" in r.stderr

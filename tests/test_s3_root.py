@@ -31,10 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Console lines that are Ray's internals, never pw-ray's: tracebacks of Ray's helper actors,
 #: output forwarded from workers (``(pid=…)``, ``(RayTrainWorker pid=…)``), Ray Data's progress
-#: bars, Tune's experiment table, Python warnings from inside Ray.
+#: bars and per-dataset lines, Tune's experiment table, Python warnings from inside Ray, ray.init's notices.
 RAY_INTERNALS = re.compile(
     r"PlacementGroupCleaner|Traceback|\(pid=|\(\w+ pid=\d+\)|ReadFilesParquet|MapBatches\(|Running Dataset"
-    r"|Configuration for experiment|View detailed results|UserWarning|site-packages/ray/")
+    r"|Configuration for experiment|View detailed results|UserWarning|site-packages/ray/"
+    r"|registers for logging|Progress bars disabled|Token authentication")
 
 
 @pytest.fixture

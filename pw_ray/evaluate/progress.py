@@ -2,6 +2,8 @@
 
 ``evaluate: cells 37/224 (3 reused), ETA 1m12s — last europe__landcover__eu__knn__s0 0.81``
 
+A line when the first cell finishes, then at most one every 10 s, and one when the last does.
+
 "Done" counts every cell with a stored result (``runs/cells/<cell>.json``), including those
 finished by an earlier, interrupted run: they are counted when the grid starts, so a resumed
 grid starts at, say, 120/224 rather than 0. The ETA is the remaining cells times the wall time
@@ -45,18 +47,22 @@ def progress_line(done: int, total: int, finished_here: int, elapsed_s: float, r
 
 
 class GridProgress(Callback):
-    """Logs ``cells done/total, ETA`` after every finished trial (driver side, ``pw_ray`` logger)."""
+    """Logs ``cells done/total, ETA`` as trials finish (driver side, ``pw_ray`` logger): the first
+    finished cell, then at most one line every ``every_s`` seconds, and the last; the lines in
+    between go to DEBUG (a grid of thousands of cells is not thousands of console lines)."""
 
-    def __init__(self, root: str, cell_ids: list[str], cell_name: Callable[[dict], str]):
+    def __init__(self, root: str, cell_ids: list[str], cell_name: Callable[[dict], str], every_s: float = 10.0):
         """``cell_ids``: the grid's cells by name; ``cell_name``: a trial's ``config["cell"]`` → that name
         (the grid's naming stays in ``grid.py``; a module-level function, so Tune can pickle it)."""
         self.root = root
         self.cell_ids = list(cell_ids)
         self.cell_name = cell_name
+        self.every_s = every_s
         self._reset()
 
     def _reset(self) -> None:
         self.t0 = time.monotonic()
+        self.last_shown: float | None = None
         self.reused = 0
         self.finished_here = 0
         self.done_ids: set[str] = set()
@@ -81,8 +87,14 @@ class GridProgress(Callback):
                 self.finished_here += 1
         score = result.get("score")
         last = f" — last {cell}" + (f" {score:.3f}" if isinstance(score, float) and score != -1.0 else "")
-        log.info("evaluate: %s%s", progress_line(len(self.done_ids), len(self.cell_ids), self.finished_here,
-                                                 time.monotonic() - self.t0, self.reused), last)
+        now = time.monotonic()
+        show = (self.last_shown is None or now - self.last_shown >= getattr(self, "every_s", 10.0)
+                or len(self.done_ids) >= len(self.cell_ids))
+        if show:
+            self.last_shown = now
+        log.log(logging.INFO if show else logging.DEBUG, "evaluate: %s%s",
+                progress_line(len(self.done_ids), len(self.cell_ids), self.finished_here, now - self.t0,
+                              self.reused), last)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         log.warning("evaluate: cell %s failed (Tune retries it up to its failure limit; a rerun of "

@@ -228,6 +228,27 @@ def test_progress_line_counts_done_cells_and_estimates_the_rest():
     assert format_duration(3725) == "1h02m" and format_duration(9.6) == "10s"
 
 
+def test_progress_shows_the_first_cell_then_one_line_per_interval_and_the_last(tmp_path, caplog, monkeypatch):
+    from types import SimpleNamespace
+
+    from pw_ray.evaluate import progress as P
+
+    clock = [100.0]
+    monkeypatch.setattr(P.time, "monotonic", lambda: clock[0])
+    ids = [f"c{i}" for i in range(30)]
+    cb = P.GridProgress(str(tmp_path), ids, lambda cell: cell, every_s=10.0)
+    cb.setup()
+    with caplog.at_level(logging.DEBUG, logger="pw_ray"):
+        for i, cell in enumerate(ids):
+            clock[0] += 1.0  # a cell per second: 30 cells, 30 s
+            cb.on_trial_complete(i, [], SimpleNamespace(config={"cell": cell}, last_result={"score": 0.5}))
+    shown = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert [m.split(",")[0] for m in shown] == ["evaluate: cells 1/30", "evaluate: cells 11/30",
+                                                "evaluate: cells 21/30", "evaluate: cells 30/30"]
+    assert shown[-1].startswith("evaluate: cells 30/30, done in 30s")
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 26  # the rest, for --log-level DEBUG
+
+
 # ----------------------------------------------------------------------------- the grid on Tune
 def test_small_grid_completes_then_reruns_nothing(ray_session, eval_cfg, caplog):
     from pw_ray import experiment as E
