@@ -146,14 +146,10 @@ class RayHead:
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.sid = proc.pid
         try:
-            out, _ = proc.communicate(timeout=self.start_timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        if proc.returncode != 0:
+            self.start_output = self._output_of_start(proc, "ray start")
+        except RuntimeError:
             self.stop()
-            raise RuntimeError(f"ray start failed ({proc.returncode}):\n{out}")
-        self.start_output = out
+            raise
         self._wait_for_job_server()
         return self
 
@@ -178,13 +174,18 @@ class RayHead:
             self.worker_sids.append(proc.pid)
             procs.append(proc)
         for proc in procs:
-            try:
-                out, _ = proc.communicate(timeout=self.start_timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"ray start --address (a worker node) failed ({proc.returncode}):\n{out}")
+            self._output_of_start(proc, "ray start --address (a worker node)")
+
+    def _output_of_start(self, proc: subprocess.Popen, what: str) -> str:
+        """The output of a ``ray start`` that has ended; RuntimeError with it if it failed or hung."""
+        try:
+            out, _ = proc.communicate(timeout=self.start_timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{what} failed ({proc.returncode}):\n{out}")
+        return out
 
     def _wait_for_job_server(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s

@@ -8,7 +8,11 @@ the real pipeline, once per test session; each run copies them into a root of it
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -78,3 +82,22 @@ def registered_checkpoint_step(root: Path, set_name: str = SET) -> int:
         except (FileNotFoundError, json.JSONDecodeError):
             pass
     return 0
+
+
+def run_cluster_script(script: Path, args: list[str], tmp_path: Path, timeout: int) -> dict:
+    """Run a test driver that starts its own ``ray.cluster_utils.Cluster`` (``multinode_run.py``,
+    ``parallel_sets_run.py``) in a process of its own, with its own short ``RAY_TMPDIR`` (Ray's
+    socket paths must fit 107 bytes); ``args`` follow the config path written by the caller, and
+    the driver writes ``result.json``. Returns that result; the driver's log on failure."""
+    ray_tmp = tempfile.mkdtemp(prefix="pwcl-")
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    log_path = tmp_path / f"{script.stem}.log"
+    try:
+        with open(log_path, "w") as log_file:
+            proc = subprocess.run([sys.executable, str(script), str(tmp_path / "config.json"),
+                                   str(tmp_path / "result.json"), *args], env=env, stdout=log_file,
+                                  stderr=subprocess.STDOUT, timeout=timeout, cwd=Path(__file__).resolve().parents[2])
+        assert proc.returncode == 0, log_path.read_text()[-4000:]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return json.loads((tmp_path / "result.json").read_text())

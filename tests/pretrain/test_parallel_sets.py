@@ -5,21 +5,15 @@ run from its checkpoint; one failing set does not stop the others."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from pw_ray import experiment as E
 from pw_ray.config import parse_config
-from tests.pretrain.runs import config, root_with_shards, run_dirs, steps_by_file
+from tests.pretrain.runs import config, root_with_shards, run_cluster_script, run_dirs, steps_by_file
 
 PARALLEL = Path(__file__).with_name("parallel_sets_run.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -29,18 +23,7 @@ def test_two_sets_train_at_once_and_a_lost_node_restores_only_its_sets_run(shard
     conf = config(root, sets=sets, num_workers=1, batch_size=4, max_steps=16, checkpoint_every=4,
                   cpus_per_worker=1, resources_per_worker={"fake_gpu": 1}, max_failures=2)
     (tmp_path / "config.json").write_text(json.dumps(conf))
-    ray_tmp = tempfile.mkdtemp(prefix="pwps-")  # short: Ray's socket paths must fit 107 bytes
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    log_path = tmp_path / "parallel.log"
-    try:
-        with open(log_path, "w") as log_file:
-            proc = subprocess.run([sys.executable, str(PARALLEL), str(tmp_path / "config.json"),
-                                   str(tmp_path / "result.json"), "eu"], env=env, stdout=log_file,
-                                  stderr=subprocess.STDOUT, timeout=900, cwd=REPO)
-        assert proc.returncode == 0, log_path.read_text()[-4000:]
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    r = json.loads((tmp_path / "result.json").read_text())
+    r = run_cluster_script(PARALLEL, ["eu"], tmp_path, timeout=900)
     assert r["error"] is None and r["removed"], r
     eu, af = r["sets"]["eu"], r["sets"]["af"]
 

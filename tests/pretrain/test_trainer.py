@@ -12,11 +12,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -32,7 +28,7 @@ from pw_ray.ingest import shards as S
 from pw_ray.pretrain import trainer as T
 from pw_ray.pretrain.metrics import read_scalars
 from tests.pretrain.runs import (CHIPS, SET, checkpoints, ckpt_step, config, registered_checkpoint_step,
-                                 root_with_shards, run_dir, steps_by_file)
+                                 root_with_shards, run_cluster_script, run_dir, steps_by_file)
 
 MULTINODE = Path(__file__).with_name("multinode_run.py")
 _config = config
@@ -276,18 +272,7 @@ def test_two_node_cluster_run_places_one_worker_per_node(shards_root, tmp_path):
     root = _root_with_shards(shards_root, tmp_path)
     config = _config(root, max_steps=4, resources_per_worker={"train_slot": 1})
     (tmp_path / "config.json").write_text(json.dumps(config))
-    ray_tmp = tempfile.mkdtemp(prefix="pwmn-")  # short: Ray's socket paths must fit 107 bytes
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    log_path = tmp_path / "multinode.log"
-    try:
-        with open(log_path, "w") as log_file:
-            proc = subprocess.run([sys.executable, str(MULTINODE), str(tmp_path / "config.json"),
-                                   str(tmp_path / "result.json")], env=env, stdout=log_file,
-                                  stderr=subprocess.STDOUT, timeout=600, cwd=Path(__file__).resolve().parents[2])
-        assert proc.returncode == 0, log_path.read_text()[-4000:]
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = run_cluster_script(MULTINODE, [], tmp_path, timeout=600)
     assert result["nodes"] == 2 and len(result["worker_nodes"]) == 2
     assert result["summary"]["steps"] == 4
     assert storage.exists(str(root / "runs" / "pretrain" / SET / "export" / "config.json"))
