@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh and scripts/test.sh (sourced, not run): system packages through apt,
+# Shared by scripts/demo.sh and scripts/setup-tests.sh (sourced, not run): system packages through apt,
 # and the project's virtual environment .venv with the tested versions (constraints.txt).
 # Both steps are idempotent: what is already there is reused, so a second call is quick.
 

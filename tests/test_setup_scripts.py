@@ -1,4 +1,4 @@
-"""The two set-up commands (scripts/demo.sh, scripts/test.sh), .ci/run and constraints.txt.
+"""The two commands of the README (scripts/demo.sh; scripts/setup-tests.sh then pytest), .ci/run and constraints.txt.
 
 The scripts run here against stand-ins on PATH (``dpkg-query``, ``sudo``, ``apt-get``, ``id``)
 and a stand-in ``.venv/bin/python`` that records pip calls, so the tests check what the scripts
@@ -33,7 +33,7 @@ def checkout(tmp_path):
     (work / "scripts").mkdir(parents=True)
     for name in ("pyproject.toml", "constraints.txt"):
         shutil.copy(REPO / name, work / name)
-    for name in ("setup-lib.sh", "test.sh", "demo.sh"):
+    for name in ("setup-lib.sh", "setup-tests.sh", "demo.sh"):
         shutil.copy(REPO / "scripts" / name, work / "scripts" / name)
     venv_bin = work / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
@@ -62,25 +62,32 @@ def _run(work: Path, env: dict, script: str, *args: str) -> list[str]:
     return log.read_text().splitlines()
 
 
-def test_ci_runs_exactly_the_test_script():
+def _readme_command(number: int) -> str:
+    """The README's command ``number`` of "The two commands", without its comment."""
+    lines = [ln for ln in (REPO / "README.md").read_text().splitlines() if f"# {number}. " in ln]
+    assert len(lines) == 1, lines
+    return lines[0].split(f"# {number}. ")[0].strip()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
     lines = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()
              if ln.strip() and not ln.lstrip().startswith("#")]
-    assert lines == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', "bash scripts/test.sh"]
+    assert _readme_command(2) == "bash scripts/setup-tests.sh && .venv/bin/python -m pytest"
+    assert lines == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', _readme_command(2)]
+    assert _readme_command(1) == "bash scripts/demo.sh"
 
 
-def test_test_script_installs_with_constraints_then_reuses(checkout):
+def test_test_setup_installs_with_constraints_then_reuses(checkout):
     work, _, _, env = checkout
-    first = _run(work, env, "test.sh", "--co", "-q")
-    assert first == ["python -m pip install -q -c constraints.txt -e .[dev]", "python -m pytest --co -q"]
-    again = _run(work, env, "test.sh", "-x")
-    assert again == ["python -m pytest -x"]  # nothing changed: no install, no apt
+    assert _run(work, env, "setup-tests.sh") == ["python -m pip install -q -c constraints.txt -e .[dev]"]
+    assert _run(work, env, "setup-tests.sh") == []  # nothing changed: no install, no apt
     (work / "constraints.txt").write_text((work / "constraints.txt").read_text() + "# changed\n")
-    assert _run(work, env, "test.sh")[0] == "python -m pip install -q -c constraints.txt -e .[dev]"
+    assert _run(work, env, "setup-tests.sh") == ["python -m pip install -q -c constraints.txt -e .[dev]"]
 
 
 def test_demo_script_reuses_a_test_install_and_passes_its_arguments(checkout):
     work, _, _, env = checkout
-    _run(work, env, "test.sh")
+    _run(work, env, "setup-tests.sh")
     assert _run(work, env, "demo.sh", "--out", "d") == ["pw-ray demo --out d"]  # [dev] includes the base
 
 
@@ -93,7 +100,7 @@ def test_demo_script_installs_the_project_without_dev_extras(checkout):
 def test_apt_runs_through_sudo_only_for_missing_packages(checkout):
     work, _, installed, env = checkout
     installed.write_text("postgresql-15\nchromium\n")
-    calls = _run(work, env, "test.sh")
+    calls = _run(work, env, "setup-tests.sh")
     apt = [c for c in calls if "apt-get" in c]
     assert apt == ["sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q",
                    "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15-postgis-3 nginx-light"]
@@ -114,7 +121,7 @@ def test_constraints_pin_every_dependency_within_its_range():
     pins = _pins()
     reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
     unpinned = [str(r) for r in reqs if canonicalize_name(r.name) not in pins]
-    assert unpinned == [], "run scripts/freeze-constraints.sh after a green scripts/test.sh (docs/development.md)"
+    assert unpinned == [], "run scripts/freeze-constraints.sh after a green command 2 of the README (docs/development.md)"
     outside = [f"{r} vs {pins[canonicalize_name(r.name)]}" for r in reqs
                if not r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True)]
     assert outside == []
