@@ -140,7 +140,8 @@ def dataset_card(cfg: ExperimentConfig, set_name: str, *, config_digest: str,
     spec = cfg.pretrain_set(set_name)
     points = storage.read_table(storage.join(cfg.root, "points", f"{set_name}.parquet"),
                                 columns=["point_id", "region"]).to_pandas()
-    manifest = storage.read_table(storage.join(cfg.root, "manifest", f"{set_name}.parquet")).to_pandas()
+    manifest = storage.read_table(storage.join(cfg.root, "manifest", f"{set_name}.parquet"),
+                                  columns=["status", "reason"]).to_pandas()
     chips = leakage.chip_locations(cfg.root, set_name, ("chip_id", "region", "biome", "landcover"))
     record = leakage.read_record(cfg.root).get("sets", {}).get(set_name)
     status = _counts(manifest["status"])
@@ -149,12 +150,7 @@ def dataset_card(cfg: ExperimentConfig, set_name: str, *, config_digest: str,
     exclusion_m = cfg.exclusion_m
     files = S.shard_files(cfg.root, set_name)
     tars = S.wds_files(cfg.root, set_name)
-    shape = None
-    if files:
-        import pyarrow.parquet as pq
-
-        fs, path = storage.filesystem(files[0])
-        shape = json.loads(pq.read_schema(path, filesystem=fs).metadata[b"pw_ray.shape"])
+    shape = S.footer_shape(storage.read_parquet_metadata(files[0])) if files else None
     card = {
         "format": DATASET_FORMAT,
         "name": set_name,

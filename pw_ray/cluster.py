@@ -88,14 +88,6 @@ class ClusterSpec:
     #: Global ``max_workers``: worker nodes of all types together (None: not set).
     max_workers: int | None = None
 
-    @property
-    def head(self) -> NodeType | None:
-        return next((t for t in self.node_types if t.is_head), None)
-
-    @property
-    def workers(self) -> tuple[NodeType, ...]:
-        return tuple(t for t in self.node_types if not t.is_head)
-
     def describe(self) -> str:
         """``head {CPU: 0}, cpu_ingest {CPU: 16} × 0–20, gpu_spot {CPU: 8, GPU: 1} × 0–16; max_workers 36``."""
         parts = [f"{t.name} {_bundle(t.resources)}" + ("" if t.is_head else f" × ≤{t.max_workers}")

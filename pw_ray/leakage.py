@@ -37,7 +37,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from pw_ray import storage
-from pw_ray.plan import EARTH_RADIUS_M, unit_vectors
+from pw_ray.plan import EARTH_RADIUS_M, _chord_for, unit_vectors
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,6 @@ def _metres(chord: np.ndarray) -> np.ndarray:
     return 2 * EARTH_RADIUS_M * np.arcsin(np.clip(np.asarray(chord) / 2, 0.0, 1.0))
 
 
-def _chord(distance_m: float) -> float:
-    return 2.0 * np.sin(min(distance_m / EARTH_RADIUS_M, np.pi) / 2.0)
-
-
 def nearest_m(query_lon, query_lat, ref_lon, ref_lat) -> np.ndarray:
     """Great-circle metres from each query point to its nearest reference point, shape (N,)."""
     if len(ref_lon) == 0:
@@ -121,7 +117,7 @@ def count_within(query_lon, query_lat, ref_lon, ref_lat, distance_m: float) -> i
         return 0
     tree = cKDTree(unit_vectors(np.asarray(ref_lon, np.float64), np.asarray(ref_lat, np.float64)))
     chord, _ = tree.query(unit_vectors(np.asarray(query_lon, np.float64), np.asarray(query_lat, np.float64)),
-                          k=1, distance_upper_bound=_chord(distance_m))
+                          k=1, distance_upper_bound=_chord_for(distance_m))
     return int((_metres(chord[np.isfinite(chord)]) < distance_m).sum())
 
 

@@ -204,8 +204,9 @@ def _draw_region(region: str, n: int, polygons: list[BaseGeometry], rng: np.rand
         tried += lon.size
         usable = np.ones(lon.size, dtype=bool)
         batch_xyz = unit_vectors(lon, lat) if lon.size else np.empty((0, 3))
-        if keep_out is not None:
-            usable &= ~keep_out.near(batch_xyz)
+        near = keep_out.near(batch_xyz) if keep_out is not None else None
+        if near is not None:
+            usable &= ~near
         if min_spacing_m > 0 and usable.any():
             idx = np.flatnonzero(usable)
             spaced = _spaced(batch_xyz[idx], np.concatenate(xyz), radius)
@@ -215,8 +216,8 @@ def _draw_region(region: str, n: int, polygons: list[BaseGeometry], rng: np.rand
         take = min(n - got, accepted.size)
         # Candidates of this batch up to the last one taken (all of them while the set is short).
         used = accepted[take - 1] + 1 if take == n - got and take > 0 else lon.size
-        if keep_out is not None:
-            replaced += int(keep_out.near(batch_xyz[:used]).sum())
+        if near is not None:
+            replaced += int(near[:used].sum())
         lons.append(lon[accepted[:take]])
         lats.append(lat[accepted[:take]])
         got += take

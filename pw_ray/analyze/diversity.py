@@ -288,13 +288,7 @@ class DiversityAccumulator:
         if other.bins != self.bins or (self.codebook is None) != (other.codebook is None) or (
                 self.codebook is not None and not np.array_equal(self.codebook, other.codebook)):
             raise ValueError("can only merge accumulators with the same bins and codebook")
-        self.n_chips += other.n_chips
-        self.regions.update(other.regions)
-        self.biomes.update(other.biomes)
-        self.landcovers.update(other.landcovers)
-        self._hist_sum += other._hist_sum
-        self._codebook_sum += other._codebook_sum
-        return self
+        return self.merge_state(other.state())
 
     def state(self) -> dict:
         """The counts and sums as plain Python (ints, floats, str → int dicts): what a worker

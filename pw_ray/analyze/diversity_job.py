@@ -82,7 +82,7 @@ def sample_codebook_pixels(files: Sequence[str], chips: int, pixels_per_chip: in
         if not len(rows):
             continue
         pf = opened[i]
-        shape = json.loads(pf.schema_arrow.metadata[b"pw_ray.shape"])
+        shape = S.footer_shape(pf.metadata)
         col = pf.read_row_group(g, columns=["pixels"]).column("pixels").take(pa.array(rows))
         out.append(D.sample_pixels(S.column_pixels(col, shape), pixels_per_chip, seed=int(group_seeds[j])))
     return np.concatenate(out)
@@ -123,7 +123,7 @@ def shard_states(batch: Mapping[str, Sequence], bins: int, codebook: np.ndarray 
     out_sets, out_states = [], []
     for name, uri in zip(batch["set"], batch["file"]):
         pf = _parquet_file(str(uri))
-        shape = json.loads(pf.schema_arrow.metadata[b"pw_ray.shape"])
+        shape = S.footer_shape(pf.metadata)
         acc = D.DiversityAccumulator(bins, codebook)
         for rows in pf.iter_batches(batch_size=chips_per_read, columns=COLUMNS):
             acc.update(S.column_pixels(rows.column("pixels"), shape), rows.column("region").to_pylist(),

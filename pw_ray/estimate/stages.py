@@ -33,7 +33,6 @@ QUANTITIES = [
 #: Figures that add up across stages into the total.
 ADDITIVE = ("stac_requests", "scenes", "bytes_read", "chips", "bytes_written", "samples", "flops", "cpu_hours",
             "gpu_hours", "checkpoint_bytes", "cost")
-STAGE_NAMES = ("plan", "ingest", "pretrain", "evaluate", "analyze")
 
 
 @dataclass

@@ -88,6 +88,7 @@ class GridProgress(Callback):
         score = result.get("score")
         last = f" — last {cell}" + (f" {score:.3f}" if isinstance(score, float) and score != -1.0 else "")
         now = time.monotonic()
+        # getattr: a callback pickled by an older pw-ray (a grid restored after an upgrade) has no every_s
         show = (self.last_shown is None or now - self.last_shown >= getattr(self, "every_s", 10.0)
                 or len(self.done_ids) >= len(self.cell_ids))
         if show:

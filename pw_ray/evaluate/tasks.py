@@ -57,19 +57,14 @@ def make_splits(labels: pd.Series, regions: pd.Series, spec: TaskSpec) -> np.nda
     For chip tables whose points were not planned with a split (fixtures, old roots); planned
     tasks carry their split from plan (:func:`build_labels` ``splits``).
     """
-    from pw_ray.evaluate.methods import split_indices
+    from pw_ray.splits import random_splits
 
-    out = np.empty(len(labels), dtype=object)
-    for r in sorted(regions.unique()):
-        m = (regions == r).to_numpy()
-        strat = labels[m].to_numpy() if spec.task_type == "classification" else None
-        out[m] = split_indices(int(m.sum()), strat, tuple(spec.split_fractions), spec.seed)
-    return out
+    return random_splits(regions.to_numpy(), spec.split_fractions, spec.seed,
+                         labels.to_numpy() if spec.task_type == "classification" else None)
 
 
 def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str],
-                 splits: pd.DataFrame | None = None, *, block_m: float | None = None,
-                 split_seed: int = 0) -> pd.DataFrame:
+                 splits: pd.DataFrame | None = None) -> pd.DataFrame:
     """The task table (``chip_id, region, label, split, block, task_type``) of a task's chips.
 
     ``block`` is the spatial block of the chip's point (:mod:`pw_ray.splits`), null where no
@@ -77,9 +72,8 @@ def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str],
 
     splits: the task's planned splits (``splits/<task>.parquet``: ``point_id, split, block``): every
         chip takes its point's split (all seasons of a point in one split), so evaluate uses
-        exactly the split plan kept pretraining away from. None: decided here from the chips —
-        spatial with ``block_m`` (the same function of location plan uses), random as
-        :func:`make_splits`.
+        exactly the split plan kept pretraining away from. None: random splits made here from
+        the chips (:func:`make_splits`); a spatial split is made by plan only.
     """
     if spec.kind.startswith("synthetic-"):
         labels = synthetic_labels(meta, spec, class_names)
@@ -99,13 +93,8 @@ def build_labels(meta: pd.DataFrame, spec: TaskSpec, class_names: list[str],
         df["split"] = planned.loc[point_ids, "split"].to_numpy()
         df["block"] = planned.loc[point_ids, "block"].to_numpy() if "block" in planned.columns else None
     elif spec.split == "spatial":
-        from pw_ray.splits import block_of, block_splits
-
-        if block_m is None:
-            raise ValueError(f"task {spec.name}: a spatial split needs block_m (cfg.block_m) or planned splits")
-        lon, lat = meta["lon"].to_numpy(np.float64), meta["lat"].to_numpy(np.float64)
-        df["split"] = block_splits(lon, lat, block_m, spec.split_fractions, split_seed)
-        df["block"] = block_of(lon, lat, block_m)
+        raise ValueError(f"task {spec.name}: a spatial split is made by plan (splits/{spec.name}.parquet); "
+                         "run `pw-ray plan` for this task")
     else:
         df["split"] = make_splits(df["label"], df["region"], spec)
         df["block"] = None

@@ -66,10 +66,6 @@ class BudgetLimits:
         if self.max_per_s is not None and not self.max_per_s > 0:
             raise ValueError(f"max_per_s must be > 0 or None, got {self.max_per_s}")
 
-    @property
-    def unlimited(self) -> bool:
-        return self.max_concurrent is None and self.max_per_s is None
-
 
 class RequestBudget:
     """The budget's state: leases in flight, the next start time the rate allows, a pause.

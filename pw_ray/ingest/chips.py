@@ -318,7 +318,7 @@ class SceneChips:
     def cloud_fraction(self) -> np.ndarray:
         """(N,) float32: share of each chip's pixels that SCL calls cloud, cirrus or shadow
         (computed on each access: read it once per scene)."""
-        return _CLOUDY[self.scl].mean(axis=(1, 2), dtype=np.float32)
+        return SCL_CLOUDY_LUT[self.scl].mean(axis=(1, 2), dtype=np.float32)
 
     @property
     def nodata_fraction(self) -> np.ndarray:
@@ -327,9 +327,10 @@ class SceneChips:
         return nodata.mean(axis=(1, 2), dtype=np.float32)
 
 
-#: SCL class → cloudy? (a lookup table: one gather instead of a set membership test per pixel).
-_CLOUDY = np.zeros(256, dtype=bool)
-_CLOUDY[list(B.SCL_CLOUDY)] = True
+#: SCL class → cloudy? / no data? (lookup tables: one gather instead of a set membership test per pixel).
+SCL_CLOUDY_LUT = np.zeros(256, dtype=bool)
+SCL_CLOUDY_LUT[list(B.SCL_CLOUDY)] = True
+SCL_NODATA_LUT = np.arange(256) == B.SCL_NODATA
 
 
 def harmonise(dn: np.ndarray, offset: int) -> np.ndarray:

@@ -300,11 +300,6 @@ def spatial_batches(points: pd.DataFrame, size: int = INDEX_PART, cell_deg: floa
     return [order.iloc[a:b] for a, b in parts]
 
 
-#: SCL classes as lookup tables (index: the class): faster than ``np.isin`` on every window.
-_CLOUDY = np.isin(np.arange(256), C.B.SCL_CLOUDY)
-_NODATA = np.arange(256) == C.B.SCL_NODATA
-
-
 def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: list[list[str]],
                   items: dict, adapter: CatalogAdapter, spec: ChipSpec) -> None:
     """One candidate scene for several points: chip windows, one SCL read, accept or note why not."""
@@ -324,8 +319,8 @@ def _screen_scene(item: dict, members: list[int], rows: list[dict], reasons: lis
             rows[i].update(status="failed", reason=redact(f"{type(err).__name__}: {err}"), failure=failure_kind(err))
         return
     scl = scl.astype(np.uint8, copy=False)
-    cloud = _CLOUDY[scl].mean(axis=(1, 2))
-    nodata = _NODATA[scl].mean(axis=(1, 2))
+    cloud = C.SCL_CLOUDY_LUT[scl].mean(axis=(1, 2))
+    nodata = C.SCL_NODATA_LUT[scl].mean(axis=(1, 2))
     missing = None
     try:
         for band in spec.bands:  # fail early, naming the band, if an asset is missing

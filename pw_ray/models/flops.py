@@ -49,7 +49,7 @@ def _count(fn) -> float:
 def model_costs(preset: str, bands: tuple[str, ...], groups: tuple[tuple[str, ...], ...], img_size: int,
                 patch_size: int, mask_ratio: float) -> ModelCosts:
     """:class:`ModelCosts` of ``build_mae(preset, bands, groups, img_size, patch_size)`` (cached)."""
-    from pw_ray.models.satmae import build_mae
+    from pw_ray.models.satmae import ENCODER_PREFIXES, build_mae, count_parameters
 
     with torch.device("meta"):
         model = build_mae(preset, list(bands), [list(g) for g in groups], img_size=img_size, patch_size=patch_size)
@@ -68,18 +68,12 @@ def model_costs(preset: str, bands: tuple[str, ...], groups: tuple[tuple[str, ..
     finetune = _count(lambda: head(model.embed(x)).sum().backward())
 
     params = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
+    n_params = count_parameters(model)
     state = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     moments = 2 * sum(p.numel() * 4 for p in params)  # AdamW exp_avg, exp_avg_sq in float32
     encoder = sum(v.numel() * v.element_size() for k, v in model.state_dict().items()
-                  if k.startswith(_encoder_prefixes()))
+                  if k.startswith(ENCODER_PREFIXES))
     return ModelCosts(train, forward, embed, finetune, n_params, state + moments, encoder)
-
-
-def _encoder_prefixes() -> tuple[str, ...]:
-    from pw_ray.models.satmae import ENCODER_PREFIXES
-
-    return ENCODER_PREFIXES
 
 
 def costs_for(cfg) -> ModelCosts:

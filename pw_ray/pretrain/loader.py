@@ -177,13 +177,19 @@ def window_order(n: int, shuffle_chips: int, seed: int, epoch: int, rank: int, w
     return _rng(seed, epoch, rank, window).permutation(n)
 
 
-def read_piece(fs, path: str, piece: Piece, shape: Sequence[int]) -> np.ndarray:
+def read_piece(fs, path: str, piece: Piece, shape: Sequence[int], footers: dict | None = None) -> np.ndarray:
     """One piece's chips, ``(n, C, H, W)`` uint16: a view of the decoded row group, no copy.
 
-    A file that cannot be parsed raises :class:`~pw_ray.storage.CorruptFileError` naming it."""
+    ``footers``: file index → parsed footer, shared by the pieces of a pass, so a file's footer
+    is fetched and parsed once however many of its row groups are read. A file that cannot be
+    parsed raises :class:`~pw_ray.storage.CorruptFileError` naming it."""
     try:
         with fs.open_input_file(path) as f:
-            table = pq.ParquetFile(f).read_row_group(piece.row_group, columns=["pixels"])
+            meta = footers.get(piece.file) if footers is not None else None
+            pf = pq.ParquetFile(f, metadata=meta)
+            if footers is not None and meta is None:
+                footers[piece.file] = pf.metadata
+            table = pf.read_row_group(piece.row_group, columns=["pixels"])
     except pa.ArrowInvalid as err:
         raise storage.corrupt(path, err) from err
     return column_pixels(table.column("pixels"), shape)[piece.start:piece.stop]
@@ -321,6 +327,7 @@ class ChipStream:
         skip = first_chip - int(window_start[w0])
         to_emit = len(self)
         futures: dict[int, Future] = {}
+        footers: dict[int, pq.FileMetaData] = {}  # a file's footer, parsed once for all its row groups
         next_piece = self.windows[w0][0]
         out, filled = None, 0
         with ThreadPoolExecutor(max_workers=self.read_threads, thread_name_prefix="chip-read") as pool:
@@ -331,7 +338,7 @@ class ChipStream:
                     ahead = max(self.windows[min(w + 1, len(self.windows) - 1)][1], b + self.read_threads)
                     while next_piece < min(ahead, len(self.pieces)):
                         futures[next_piece] = pool.submit(read_piece, fs, paths[next_piece], self.pieces[next_piece],
-                                                          self.catalog.shape)
+                                                          self.catalog.shape, footers)
                         next_piece += 1
                     chips = [futures.pop(i).result() for i in range(a, b)]
                     owner = np.repeat(np.arange(b - a), sizes[a:b])

@@ -489,14 +489,13 @@ def _batch_moments(batch) -> dict:
     return {"n": [n], "mean": [mean.numpy()], "m2": [m2.numpy()]}
 
 
-def set_normalization(cfg: ExperimentConfig, set_name: str, catalog: ShardCatalog | None = None,
-                      run: str | None = None) -> dict:
+def set_normalization(cfg: ExperimentConfig, set_name: str, catalog: ShardCatalog, run: str) -> dict:
     """The per-band statistics of ``model.normalization`` for this set, as the export records them.
 
     ``fmow``: SatMAE's fMoW-Sentinel table. ``set``: mean and std of every pixel of the set's
     shards, computed in one streamed pass (Ray Data tasks reduce blocks to moments, the driver
-    merges them) and cached in the run dir (``run``; the run's lineage covers the shards), so a
-    resumed run normalises exactly as before.
+    merges them) and cached in the run dir (``run``, the run name of the lineage of ``catalog``,
+    the set's :func:`shard_catalog`), so a resumed run normalises exactly as before.
     """
     import torch
 
@@ -505,8 +504,6 @@ def set_normalization(cfg: ExperimentConfig, set_name: str, catalog: ShardCatalo
 
     if cfg.model.normalization == "fmow":
         return fmow_normalization(cfg.chips.bands)
-    catalog = catalog or shard_catalog(cfg, set_name)
-    run = run or run_name(set_name, pretrain_record(cfg, set_name, catalog))
     cache = storage.join(run_dir(cfg.root, set_name, run), "normalization.json")
     if storage.exists(cache):
         return json.loads(storage.read_text(cache))
@@ -522,18 +519,16 @@ def set_normalization(cfg: ExperimentConfig, set_name: str, catalog: ShardCatalo
     return norm
 
 
-def build_trainer(cfg: ExperimentConfig, set_name: str, train_loop=train_loop_per_worker,
-                  catalog: ShardCatalog | None = None, run: str | None = None):
+def build_trainer(cfg: ExperimentConfig, set_name: str, catalog: ShardCatalog, run: str,
+                  train_loop=train_loop_per_worker):
     """(TorchTrainer, loop config, normalisation) for one set, resuming its run dir if one exists.
 
-    ``train_loop`` replaces the worker loop (tests wrap it to inject faults or delays);
-    ``catalog`` is the set's :func:`shard_catalog` when the caller has read it already; ``run``
-    the run name of its lineage (:func:`run_name`; derived when not given)."""
+    ``catalog``: the set's :func:`shard_catalog`; ``run``: the run name of its lineage
+    (:func:`run_name`); ``train_loop`` replaces the worker loop (tests wrap it to inject faults
+    or delays)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    catalog = catalog or shard_catalog(cfg, set_name)
-    run = run or run_name(set_name, pretrain_record(cfg, set_name, catalog))
     normalization = set_normalization(cfg, set_name, catalog, run)
     lc = loop_config(cfg, set_name, catalog.n_chips, normalization, catalog, run)
     t = cfg.train
@@ -564,7 +559,7 @@ def train_run(cfg: ExperimentConfig, plan: RunPlan, train_loop=train_loop_per_wo
     set_name = plan.set_name
     if plan.force:  # really redo: a run of the same lineage would otherwise resume
         storage.remove(run_dir(cfg.root, set_name, plan.run))
-    trainer, lc, normalization = build_trainer(cfg, set_name, train_loop, plan.catalog, plan.run)
+    trainer, lc, normalization = build_trainer(cfg, set_name, plan.catalog, plan.run, train_loop)
     log.info("pretrain %s: %d steps on %d worker(s) → %s", set_name, lc["total_steps"], cfg.train.num_workers,
              run_dir(cfg.root, set_name, plan.run))
     from pw_ray.pretrain.step import recipe_variants

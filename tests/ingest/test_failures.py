@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.manifest import quadratic_manifest
 from pw_ray.ingest.catalogs import MissingBandError
 from pw_ray.ingest.failures import (PERMANENT, TRANSIENT, budget_error, failure_kind, reason_key, retryable,
                                     top_reasons)
@@ -54,18 +55,6 @@ def test_budget_error_names_counts_and_reasons():
     assert "cloud" in none
 
 
-def _naive_manifest(index, chunked, results):
-    """The old quadratic construction, as the reference."""
-    m = index[["point_id", "chip_id", "set", "lon", "lat", "region", "status", "reason", "failure",
-               "item_id"]].copy()
-    for r in results:
-        for cid, why, kind in json.loads(r["failed"]):
-            m.loc[m["chip_id"] == cid, ["status", "reason", "failure"]] = ["failed", why, kind]
-    chunk_of = dict(zip(chunked["chip_id"], chunked["region"].astype(str) + "/" + chunked["chunk"].astype(str)))
-    m["shard"] = m["chip_id"].map(chunk_of).where(m["status"] == "ok")
-    return m
-
-
 def test_build_manifest_equals_the_naive_one():
     rng = np.random.default_rng(0)
     n = 2000
@@ -81,7 +70,7 @@ def test_build_manifest_equals_the_naive_one():
     results = [{"failed": json.dumps([[c, f"E: {c}", "permanent"] for c in fail_ids[:100]])},
                {"failed": json.dumps([[c, f"E: {c}", "transient"] for c in fail_ids[100:]])}, {"failed": "[]"}]
     got = build_manifest(index, chunked, results)
-    want = _naive_manifest(index, chunked, results)
+    want = quadratic_manifest(index, chunked, results)  # the old construction, as the reference
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
     assert (got.loc[got["chip_id"].isin(fail_ids), "status"] == "failed").all()
     assert got["shard"].notna().sum() == (got["status"] == "ok").sum()
